@@ -1,0 +1,82 @@
+r"""The variational autoencoder (Kingma & Welling, 2014, "Auto-Encoding Variational Bayes")
+as a Pyro model and guide.
+
+Generative model, for each example in the data plate:
+
+.. math:: z \sim \mathcal{N}(0, I), \qquad
+          x \sim p_\theta(x \mid z) = \text{likelihood}(\text{decoder}(z)).
+
+Amortized guide:
+:math:`q_\phi(z \mid x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma_\phi(x)^2)`.
+
+``model`` and ``guide`` are plain Pyro functions of ``x`` alone, so any ELBO estimator
+trains them and :func:`pyro_vae.fit` treats them like any user's model/guide pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .likelihoods import Likelihood, get_likelihood
+from .networks import Decoder, Encoder
+
+
+class VAE(nn.Module):
+    """A VAE with MLP encoder/decoder, or with the ``encoder``/``decoder`` you pass.
+
+    A custom encoder maps ``x (..., x_dim)`` to ``(loc, scale)``, each ``(..., z_dim)``;
+    a custom decoder maps ``z`` to ``likelihood.params_per_dim * x_dim`` numbers.
+    """
+
+    def __init__(
+        self,
+        x_dim: int = 784,
+        z_dim: int = 50,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        likelihood: str | Likelihood = "bernoulli",
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.z_dim = z_dim
+        self.likelihood = get_likelihood(likelihood) if isinstance(likelihood, str) else likelihood
+        out_dim = x_dim * self.likelihood.params_per_dim
+        if encoder is None:
+            encoder = Encoder(x_dim, hidden, z_dim, activation)
+        if decoder is None:
+            decoder = Decoder(z_dim, tuple(reversed(hidden)), out_dim, activation)
+        self.encoder, self.decoder = encoder, decoder
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module("decoder", self.decoder)
+        pyro.module("likelihood", self.likelihood)
+        self.likelihood.check(x)
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1)
+            z = pyro.sample("z", prior)
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Means of :math:`p(x \\mid z)` for ``n`` draws :math:`z \\sim \\mathcal{N}(0, I)`."""
+        device = next(self.decoder.parameters()).device
+        z = torch.randn(n, self.z_dim, device=device)
+        return self.likelihood(self.decoder(z)).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Means of :math:`p(x \\mid z)` at the guide's posterior mean of ``z``."""
+        loc, _ = self.encoder(x)
+        return self.likelihood(self.decoder(loc)).mean
