@@ -1,0 +1,118 @@
+r"""ELBO estimators by name, as configured ``pyro.infer`` objects.
+
+Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` and
+``loss_and_grads``, the *negative* bound summed over the data plate (nats).
+
+=================  ==========================================================================
+``trace``          ``Trace_ELBO``: Monte Carlo ELBO; the KL term is estimated by sampling
+                   (Kingma & Welling, 2014; Ranganath et al., 2014).
+``meanfield``      ``TraceMeanField_ELBO``: the KL term in closed form where one is known
+                   (Gaussian guide against Gaussian prior), by sampling otherwise.
+``graph``          ``TraceGraph_ELBO``: Rao-Blackwellized score-function terms for sites that
+                   cannot be reparameterized (Schulman et al., 2015).
+``iwae``           ``RenyiELBO(alpha=0)``: the importance-weighted bound
+                   :math:`\mathcal{L}_k = \mathbb{E}\log\frac1k\sum_i p(x,z_i)/q(z_i|x)`
+                   (Burda, Grosse & Salakhutdinov, 2016); ``num_particles`` is k.
+``renyi``          ``RenyiELBO(alpha)``: the variational Renyi bound (Li & Turner, 2016).
+``tail-adaptive``  ``TraceTailAdaptive_ELBO``: gradients of the tail-adaptive f-divergence
+                   (Wang, Liu & Liu, 2018); reports the ELBO of its particles as its loss.
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+    TraceTailAdaptive_ELBO,
+)
+from pyro.infer.util import torch_item
+
+
+class TailAdaptiveELBO(TraceTailAdaptive_ELBO):
+    """Pyro's tail-adaptive gradient estimator, reporting the negative ELBO of the same
+    particles as its loss (Pyro's own reports ``inf`` and its ``loss`` raises), so that
+    training with it is monitored and checked for NaN like with any other estimator."""
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        _, surrogate_loss = super()._differentiable_loss_particle(model_trace, guide_trace)
+        elbo = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+        return -torch_item(elbo), surrogate_loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        return Trace_ELBO.loss(self, model, guide, *args, **kwargs)
+
+
+ESTIMATORS: dict[str, str] = {
+    "trace": "Trace_ELBO, KL by sampling",
+    "meanfield": "TraceMeanField_ELBO, analytic KL",
+    "graph": "TraceGraph_ELBO, Rao-Blackwellized score function",
+    "iwae": "RenyiELBO(alpha=0), importance-weighted bound with k = particles",
+    "renyi": "RenyiELBO(alpha), variational Renyi bound",
+    "tail-adaptive": "TraceTailAdaptive_ELBO, tail-adaptive f-divergence",
+}
+_JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
+_PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO}
+
+
+def make_elbo(
+    name: str,
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    jit: bool = False,
+    alpha: float | None = None,
+) -> ELBO:
+    """The estimator registered as ``name``, configured; impossible combinations raise
+    ``ValueError`` saying why. Vectorizing a single particle is a no-op."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose from: {', '.join(ESTIMATORS)}")
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    if alpha is not None and name != "renyi":
+        raise ValueError(
+            f"alpha is an option of 'renyi' only, not of {name!r} ('iwae' is renyi with alpha=0)"
+        )
+    if name == "renyi" and (alpha is None or alpha == 1):
+        raise ValueError(
+            f"renyi needs an alpha other than 1 (got {alpha}); alpha=0 is 'iwae' and alpha=1 "
+            "is the standard ELBO ('trace')"
+        )
+    if jit and name not in _JIT:
+        raise ValueError(
+            f"jit is available for {', '.join(_JIT)} only; Pyro has no compiled {name!r}"
+        )
+    if name == "tail-adaptive" and (num_particles < 2 or not vectorize_particles):
+        raise ValueError(
+            "tail-adaptive ranks particles against each other: it needs num_particles >= 2 "
+            f"(got {num_particles}) and vectorized particles (Pyro implements no other way)"
+        )
+    options = dict(
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles and num_particles > 1,
+    )
+    if name in ("iwae", "renyi"):
+        return RenyiELBO(alpha=alpha or 0.0, **options)
+    if name == "tail-adaptive":
+        return TailAdaptiveELBO(**options)
+    return (_JIT if jit else _PLAIN)[name](**options)
+
+
+@torch.no_grad()
+def mean_loss(
+    elbo: ELBO, model: Callable, guide: Callable, batches: Iterable[torch.Tensor]
+) -> float:
+    """The estimator's negative bound averaged over every example of ``batches`` (nats)."""
+    total, n = 0.0, 0
+    for x in batches:
+        total += elbo.loss(model, guide, x)
+        n += x.shape[0]
+    return total / n
