@@ -1,0 +1,185 @@
+"""The ``pyro-vae`` command: thin subcommands over the package's functions.
+
+    pyro-vae train --dataset mnist-binary --likelihood bernoulli --elbo meanfield --epochs 10
+    pyro-vae train --resume RUN_DIR [--epochs N]
+    pyro-vae evaluate RUN_DIR
+    pyro-vae sample RUN_DIR
+    pyro-vae reconstruct RUN_DIR
+    pyro-vae data fetch mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pyro
+import torch
+
+from .data import DATASETS, fetch, load_dataset
+from .estimators import ESTIMATORS
+from .likelihoods import LIKELIHOODS
+from .networks import ACTIVATIONS
+from .train import OPTIMIZERS, Config, RunError, build_vae, fit, load_run, read_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (RunError, ValueError) as e:  # DataError and bad options are ValueErrors
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+def train(args: argparse.Namespace) -> int:
+    given = {f.name: getattr(args, f.name) for f in fields(Config)
+             if getattr(args, f.name, None) is not None}
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = read_config(run_dir)
+        config.__dict__.update(given)  # fit refuses any change but --epochs
+    else:
+        config = Config(**given)
+        run_dir = Path(args.out or _default_run_dir(config))
+    config.check()  # bad options fail here, before data is fetched or anything is written
+    pyro.set_rng_seed(config.seed)
+    data = load_dataset(config.dataset)
+    vae = build_vae(config, data)
+    print(f"run directory: {run_dir}", flush=True)
+    metrics = fit(vae.model, vae.guide, data, config, run_dir,
+                  resume=bool(args.resume), quiet=args.quiet)
+    if metrics:
+        last = metrics[-1]
+        print(f"final test loss (negative ELBO, {config.elbo}): {last['test_loss']:.3f} nats "
+              f"per example after epoch {last['epoch']}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import elbo
+
+    config, vae, data = load_run(args.run_dir)
+    value = elbo(vae.model, vae.guide, data, split=args.split)
+    result = {
+        "split": args.split,
+        "elbo": value,
+        "negative_elbo": -value,
+        "estimator": "TraceMeanField_ELBO, 1 particle",
+        "binarization": "fixed draw, seed 0" if data.binarize else "none",
+        "examples": data.split(args.split).shape[0],
+    }
+    path = Path(args.run_dir) / "evaluation.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.split} ELBO: {value:.3f} nats per example (negative ELBO {-value:.3f}; "
+          f"{result['estimator']}; binarization: {result['binarization']})")
+    print(f"wrote {path}")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    from .plots import image_grid
+
+    config, vae, data = load_run(args.run_dir)
+    pyro.set_rng_seed(args.seed)
+    path = image_grid(vae.sample(args.n), data.image_shape,
+                      args.out or Path(args.run_dir) / "figures" / "samples.png", ncol=8,
+                      title=f"decoder means of z ~ N(0, I), {config.likelihood}")
+    print(f"wrote {path}")
+    return 0
+
+
+def reconstruct(args: argparse.Namespace) -> int:
+    from .plots import image_grid
+
+    config, vae, data = load_run(args.run_dir)
+    x = next(data.eval_batches(args.split, args.n))
+    path = image_grid(torch.cat([x, vae.reconstruct(x)]), data.image_shape,
+                      args.out or Path(args.run_dir) / "figures" / "reconstructions.png",
+                      ncol=x.shape[0], row_labels=["data", "reconstruction"],
+                      title=f"{args.split} data and reconstructions (decoder mean at E_q[z])")
+    print(f"wrote {path}")
+    return 0
+
+
+def data_fetch(args: argparse.Namespace) -> int:
+    folder = fetch(args.name)
+    print(f"{args.name}: four MD5-verified IDX files in {folder}")
+    return 0
+
+
+def _default_run_dir(config: Config) -> Path:
+    stem = Path(config.dataset).stem
+    when = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{when}-{stem}-{config.likelihood}-{config.elbo}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    d = Config()
+
+    t = commands.add_parser("train", help="train a VAE with SVI (or resume a run)")
+    t.set_defaults(command=train)
+    # Defaults are None so that only the flags actually given override a config.
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a .npz path ({d.dataset})")
+    t.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({d.likelihood})")
+    t.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
+    t.add_argument("--elbo", choices=ESTIMATORS, help=f"estimator ({d.elbo})")
+    t.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({d.z_dim})")
+    t.add_argument("--hidden", type=int, nargs="+",
+                   help=f"encoder hidden sizes; the decoder mirrors them ({d.hidden[0]})")
+    t.add_argument("--activation", choices=ACTIVATIONS, help=f"({d.activation})")
+    t.add_argument("--batch-size", dest="batch_size", type=int, help=f"({d.batch_size})")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, help=f"({d.optimizer})")
+    t.add_argument("--lr", type=float, help=f"learning rate ({d.lr})")
+    t.add_argument("--epochs", type=int, help=f"total epochs, also when resuming ({d.epochs})")
+    t.add_argument("--particles", type=int,
+                   help=f"samples per data point; k of iwae ({d.particles})")
+    t.add_argument("--no-vectorize", dest="vectorize", action="store_const", const=False,
+                   help="draw particles one by one instead of in one batch")
+    t.add_argument("--alpha", type=float, help="order of the renyi bound")
+    t.add_argument("--jit", action="store_const", const=True, help="compile with the PyTorch JIT")
+    t.add_argument("--seed", type=int, help=f"the one seed of every random draw ({d.seed})")
+    t.add_argument("--device", help=f"cpu, cuda, cuda:1, ... ({d.device})")
+    t.add_argument("--out",
+                   help="run directory (default: runs/<time>-<dataset>-<likelihood>-<elbo>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+
+    e = commands.add_parser("evaluate", help="held-out ELBO of a trained run")
+    e.set_defaults(command=evaluate)
+    e.add_argument("run_dir")
+    e.add_argument("--split", choices=("test", "train"), default="test")
+
+    s = commands.add_parser("sample", help="PNG grid of decoder means of prior samples")
+    s.set_defaults(command=sample)
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="PNG path (default: RUN_DIR/figures/samples.png)")
+
+    r = commands.add_parser("reconstruct", help="PNG: a row of data over its reconstructions")
+    r.set_defaults(command=reconstruct)
+    r.add_argument("run_dir")
+    r.add_argument("--n", type=int, default=12)
+    r.add_argument("--split", choices=("test", "train"), default="test")
+    r.add_argument("--out", help="PNG path (default: RUN_DIR/figures/reconstructions.png)")
+
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(required=True, metavar="ACTION")
+    f = data_commands.add_parser("fetch", help="download and verify a dataset's files")
+    f.set_defaults(command=data_fetch)
+    f.add_argument("name", choices=DATASETS)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

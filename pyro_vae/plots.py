@@ -1,0 +1,50 @@
+"""Figures as PNG files, drawn with matplotlib's object-oriented API (no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+
+def image_grid(
+    images: torch.Tensor,
+    image_shape: Sequence[int],
+    path: str | Path,
+    ncol: int,
+    title: str | None = None,
+    row_labels: Sequence[str] | None = None,
+) -> Path:
+    """Tile ``images`` (N, D), values in [0, 1], into rows of ``ncol`` and save a PNG."""
+    if image_shape is None or len(image_shape) != 2:
+        raise ValueError(f"cannot draw images of shape {image_shape}: the data are not images")
+    h, w = image_shape
+    n = images.shape[0]
+    nrow = -(-n // ncol)
+    pad = 1
+    canvas = torch.ones(nrow * (h + pad) + pad, ncol * (w + pad) + pad)
+    pictures = images.detach().float().cpu().clamp(0, 1).reshape(n, h, w)
+    for i, picture in enumerate(pictures):
+        r, c = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = picture
+    fig = Figure(figsize=(ncol * 0.6 + (1.2 if row_labels else 0.2), nrow * 0.6 + 0.5))
+    ax = fig.add_subplot()
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels:
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(nrow)], labels=row_labels)
+        ax.tick_params(left=False)
+    else:
+        ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

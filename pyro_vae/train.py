@@ -1,0 +1,336 @@
+"""``fit``: stochastic variational inference for any model/guide pair, in a run directory.
+
+One step is Pyro's SVI step written out: ``elbo.loss_and_grads`` (any estimator) puts the
+gradient of the surrogate loss on every parameter in the param store, then one
+``torch.optim`` optimizer over all of them takes a step.
+
+A run directory holds:
+
+- ``config.json``: the :class:`Config` of the run;
+- ``metrics.jsonl``: one JSON object per epoch: ``epoch``, ``train_loss`` (the estimator's
+  negative bound averaged over the epoch's batches while training), ``test_loss`` (the same
+  estimator on the test split, one fixed binarization), ``seconds`` (training time of the
+  epoch); losses in nats per example;
+- ``checkpoint.pt``: parameters, optimizer state, RNG states and epoch, written atomically
+  after every epoch and read with ``torch.load(weights_only=True)``;
+- ``figures/``: PNGs written by the ``sample``/``reconstruct`` commands.
+
+Resuming restores all of it, so a run interrupted after epoch k and resumed continues the
+same random stream and ends where the uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from tqdm.auto import tqdm
+
+from .data import Dataset, load_dataset
+from .estimators import make_elbo, mean_loss
+from .likelihoods import get_likelihood
+from .model import VAE
+
+CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+RESUMABLE = ("epochs",)  # the only settings a resumed run may change
+
+
+class RunError(RuntimeError):
+    """A run directory, checkpoint or training run that cannot go on; the message says why."""
+
+
+@dataclass
+class Config:
+    """Everything that defines a run: data, model, estimator, optimizer."""
+
+    dataset: str = "mnist-binary"
+    likelihood: str = "bernoulli"
+    sigma: float | None = None  # the fixed scale of 'gaussian-fixed'
+    z_dim: int = 50
+    hidden: list[int] = field(default_factory=lambda: [400])  # decoder uses them reversed
+    activation: str = "relu"
+    elbo: str = "meanfield"
+    particles: int = 1
+    vectorize: bool = True  # vectorize particles (a no-op for one particle)
+    alpha: float | None = None  # the order of 'renyi'
+    jit: bool = False
+    optimizer: str = "adam"
+    # The step follows the gradient of the batch's *summed* negative bound, as Pyro's SVI
+    # does: with SGD the effective step grows with the batch size; Adam does not care.
+    lr: float = 1e-3
+    batch_size: int = 128
+    epochs: int = 10
+    seed: int = 0
+    device: str = "cpu"
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        for name in ("z_dim", "particles", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be at least 1, got {self.hidden}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}"
+            )
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available")
+        self.make_elbo()
+        self.make_likelihood()
+
+    def make_elbo(self):
+        return make_elbo(self.elbo, self.particles, self.vectorize, self.jit, self.alpha)
+
+    def make_likelihood(self):
+        options = {} if self.sigma is None else {"sigma": self.sigma}
+        return get_likelihood(self.likelihood, **options)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def build_vae(config: Config, data: Dataset) -> VAE:
+    """The VAE that ``config`` describes, sized for ``data``, on ``config.device``."""
+    vae = VAE(
+        x_dim=data.x_dim,
+        z_dim=config.z_dim,
+        hidden=config.hidden,
+        activation=config.activation,
+        likelihood=config.make_likelihood(),
+    )
+    return vae.to(config.device)
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: Dataset,
+    config: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+) -> list[dict]:
+    """Train ``model``/``guide`` on ``data`` by SVI and return the per-epoch metrics.
+
+    ``model(x)`` and ``guide(x)`` are any Pyro pair with the data plate inside. The param
+    store is cleared first: every parameter comes from ``model``/``guide``. With ``resume``,
+    the run in ``run_dir`` continues from its checkpoint up to ``config.epochs``.
+    """
+    run_dir = Path(run_dir)
+    config.check()
+    elbo = config.make_elbo()
+    if resume:
+        _check_same_run(read_config(run_dir), config, run_dir)
+        state = load_checkpoint(run_dir)
+    elif (run_dir / CHECKPOINT).exists():
+        raise RunError(
+            f"{run_dir} already holds a run; resume it (--resume {run_dir}) or pick another "
+            "output folder"
+        )
+    data = data.to(config.device)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    generator = torch.Generator(device=config.device).manual_seed(config.seed)
+    params = _create_params(model, guide, data)
+    optimizer = OPTIMIZERS[config.optimizer](params.values(), lr=config.lr)
+    if resume:
+        _restore_params(params, state["params"], run_dir / CHECKPOINT)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["data"])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        metrics = [m for m in read_metrics(run_dir) if m["epoch"] <= state["epoch"]]
+        first_epoch = state["epoch"] + 1
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(run_dir / CONFIG, json.dumps(asdict(config), indent=2) + "\n")
+        metrics, first_epoch = [], 1
+    # Drop epochs logged after the checkpoint (an interruption between the two writes).
+    _atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+
+    show_bar = not quiet and sys.stderr.isatty()
+    n_train = data.x_train.shape[0]
+    steps = n_train // config.batch_size if config.jit else math.ceil(n_train / config.batch_size)
+    for epoch in range(first_epoch, config.epochs + 1):
+        kept = (f"The checkpoint in {run_dir} is the last good one (epoch {epoch - 1})."
+                if epoch > 1 else "No checkpoint was written.")
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                   disable=not show_bar, leave=False)
+        start, total, seen = time.perf_counter(), 0.0, 0
+        # JIT compiles for one batch shape: drop the last, smaller batch.
+        batches = data.batches("train", config.batch_size, generator, drop_last=config.jit)
+        for step, x in enumerate(batches, start=1):
+            try:
+                loss = elbo.loss_and_grads(model, guide, x)
+            except ValueError as e:  # Pyro's validation: a NaN/inf distribution parameter
+                raise RunError(f"invalid values at epoch {epoch}, step {step} ({_first_line(e)}): "
+                               f"training stopped. {kept}") from e
+            if not math.isfinite(loss):
+                raise RunError(f"the loss is {loss} at epoch {epoch}, step {step}: "
+                               f"training stopped. {kept}")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss
+            seen += x.shape[0]
+            bar.update()
+            bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - start
+        try:
+            test_loss = mean_loss(elbo, model, guide, data.eval_batches("test", config.batch_size))
+        except ValueError as e:
+            raise RunError(f"invalid values in the test loss after epoch {epoch} "
+                           f"({_first_line(e)}): training stopped. {kept}") from e
+        if not math.isfinite(test_loss):
+            raise RunError(f"the test loss is {test_loss} after epoch {epoch}: "
+                           f"training stopped. {kept}")
+        record = dict(epoch=epoch, train_loss=total / seen, test_loss=test_loss, seconds=seconds)
+        metrics.append(record)
+        with open(run_dir / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        _save_checkpoint(run_dir, epoch, params, optimizer, generator)
+        if not quiet:
+            print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
+                  f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
+    return metrics
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Config, VAE, Dataset]:
+    """Rebuild a CLI-trained run: its config, its VAE with the checkpoint's parameters, and
+    its dataset, all on ``device`` (default: the run's own)."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    state = load_checkpoint(run_dir)
+    if device is not None:
+        config.device = device
+    data = load_dataset(config.dataset).to(config.device)
+    vae = build_vae(config, data)
+    pyro.clear_param_store()
+    _restore_params(_create_params(vae.model, vae.guide, data), state["params"],
+                    run_dir / CHECKPOINT)
+    return config, vae, data
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path} is corrupt: {e}") from e
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as e:
+        raise RunError(f"{path} is corrupt: {e}") from e
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The checkpoint of ``run_dir``, read as data only (``weights_only=True``)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no {CHECKPOINT}: it is not a run directory, or no "
+                       "epoch has finished yet")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - zip, pickle and I/O errors alike
+        raise RunError(f"{path} is corrupt or truncated and cannot be read ({e})") from e
+    keys = set(state) if isinstance(state, dict) else set()
+    missing = {"epoch", "params", "optimizer", "rng"} - keys
+    if missing:
+        raise RunError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
+    return state
+
+
+def _save_checkpoint(run_dir, epoch, params, optimizer, generator) -> None:
+    rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {
+        "epoch": epoch,
+        "params": {name: p.detach() for name, p in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": rng,
+    }
+    path = run_dir / CHECKPOINT
+    tmp = path.with_name(f".{CHECKPOINT}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().split("\n")[0]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_same_run(saved: Config, config: Config, run_dir: Path) -> None:
+    changed = [f.name for f in fields(Config)
+               if f.name not in RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        raise RunError(
+            f"cannot resume {run_dir} with different settings {changed}; a resumed run may "
+            f"change only {', '.join(RESUMABLE)}"
+        )
+
+
+def _create_params(model: Callable, guide: Callable, data: Dataset) -> dict[str, torch.Tensor]:
+    """Run guide and model once on a batch so that each declares its parameters; return
+    the param store's unconstrained tensors by name, sorted (a stable optimizer order)."""
+    x = next(data.eval_batches("train", 8))
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(x)
+        poutine.replay(model, trace=guide_trace)(x)
+    return dict(sorted(pyro.get_param_store().named_parameters()))
+
+
+def _restore_params(params: dict[str, torch.Tensor], saved: dict, path: Path) -> None:
+    if set(params) != set(saved):
+        raise RunError(
+            f"{path} does not fit this model: parameters missing from it "
+            f"{sorted(set(params) - set(saved))}, "
+            f"unexpected in it {sorted(set(saved) - set(params))}"
+        )
+    for name, p in params.items():
+        if p.shape != saved[name].shape:
+            raise RunError(f"{path}: parameter {name} has shape {tuple(saved[name].shape)}, "
+                           f"the model's has {tuple(p.shape)}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
