@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/pyro-vae data fetch mnist
 	rm -rf runs/demo
 	$(BIN)/pyro-vae train --dataset mnist-binary --likelihood bernoulli --elbo meanfield \
-		--z-dim 20 --hidden 400 --batch-size 128 --epochs 3 --out runs/demo
+		--z-dim 20 --hidden 400 --batch-size 256 --epochs 3 --out runs/demo
 	$(BIN)/pyro-vae evaluate runs/demo
 	$(BIN)/pyro-vae sample runs/demo
 	$(BIN)/pyro-vae reconstruct runs/demo

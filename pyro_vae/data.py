@@ -162,7 +162,7 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     images = {f: read_idx(folder / f) for f in IDX_FILES}
 
     def images_to_float(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.reshape(a.shape[0], -1).astype(np.float32) / 255.0)
+        return torch.from_numpy(a.reshape(a.shape[0], -1)).float().div_(255)
 
     return Dataset(
         name=name,
@@ -317,7 +317,7 @@ _SOURCES = {
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an unsigned-byte IDX file (the MNIST format) into an array."""
-    data = Path(path).read_bytes()
+    data = bytearray(Path(path).read_bytes())  # writable, so torch can share it
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
