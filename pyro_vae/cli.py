@@ -14,17 +14,26 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pyro
 import torch
 
-from .data import DATASETS, fetch, load_dataset
+from .data import DATASETS, EVAL_SEED, fetch, load_dataset
 from .estimators import ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
-from .train import OPTIMIZERS, Config, RunError, build_vae, fit, load_run, read_config
+from .train import (
+    OPTIMIZERS,
+    Config,
+    RunError,
+    atomic_write_text,
+    build_vae,
+    fit,
+    load_run,
+    read_config,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +53,7 @@ def train(args: argparse.Namespace) -> int:
              if getattr(args, f.name, None) is not None}
     if args.resume:
         run_dir = Path(args.resume)
-        config = read_config(run_dir)
-        config.__dict__.update(given)  # fit refuses any change but --epochs
+        config = replace(read_config(run_dir), **given)  # fit refuses changes but --epochs
     else:
         config = Config(**given)
         run_dir = Path(args.out or _default_run_dir(config))
@@ -58,8 +66,8 @@ def train(args: argparse.Namespace) -> int:
                   resume=bool(args.resume), quiet=args.quiet)
     if metrics:
         last = metrics[-1]
-        print(f"final test loss (negative ELBO, {config.elbo}): {last['test_loss']:.3f} nats "
-              f"per example after epoch {last['epoch']}")
+        print(f"final test loss: {last['test_loss']:.3f} nats per example after epoch "
+              f"{last['epoch']} (the negative bound of estimator {config.elbo!r})")
     return 0
 
 
@@ -73,11 +81,11 @@ def evaluate(args: argparse.Namespace) -> int:
         "elbo": value,
         "negative_elbo": -value,
         "estimator": "TraceMeanField_ELBO, 1 particle",
-        "binarization": "fixed draw, seed 0" if data.binarize else "none",
+        "binarization": f"fixed draw, seed {EVAL_SEED}" if data.binarize else "none",
         "examples": data.split(args.split).shape[0],
     }
     path = Path(args.run_dir) / "evaluation.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     print(f"{args.split} ELBO: {value:.3f} nats per example (negative ELBO {-value:.3f}; "
           f"{result['estimator']}; binarization: {result['binarization']})")
     print(f"wrote {path}")

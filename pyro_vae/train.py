@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import BinaryIO
 
 import pyro
 import pyro.poutine as poutine
@@ -163,10 +164,10 @@ def fit(
         first_epoch = state["epoch"] + 1
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(run_dir / CONFIG, json.dumps(asdict(config), indent=2) + "\n")
+        atomic_write_text(run_dir / CONFIG, json.dumps(asdict(config), indent=2) + "\n")
         metrics, first_epoch = [], 1
     # Drop epochs logged after the checkpoint (an interruption between the two writes).
-    _atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
 
     show_bar = not quiet and sys.stderr.isatty()
     n_train = data.x_train.shape[0]
@@ -180,14 +181,8 @@ def fit(
         # JIT compiles for one batch shape: drop the last, smaller batch.
         batches = data.batches("train", config.batch_size, generator, drop_last=config.jit)
         for step, x in enumerate(batches, start=1):
-            try:
-                loss = elbo.loss_and_grads(model, guide, x)
-            except ValueError as e:  # Pyro's validation: a NaN/inf distribution parameter
-                raise RunError(f"invalid values at epoch {epoch}, step {step} ({_first_line(e)}): "
-                               f"training stopped. {kept}") from e
-            if not math.isfinite(loss):
-                raise RunError(f"the loss is {loss} at epoch {epoch}, step {step}: "
-                               f"training stopped. {kept}")
+            where = f"at epoch {epoch}, step {step}"
+            loss = _finite(where, kept, elbo.loss_and_grads, model, guide, x)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss
@@ -196,14 +191,8 @@ def fit(
             bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
         bar.close()
         seconds = time.perf_counter() - start
-        try:
-            test_loss = mean_loss(elbo, model, guide, data.eval_batches("test", config.batch_size))
-        except ValueError as e:
-            raise RunError(f"invalid values in the test loss after epoch {epoch} "
-                           f"({_first_line(e)}): training stopped. {kept}") from e
-        if not math.isfinite(test_loss):
-            raise RunError(f"the test loss is {test_loss} after epoch {epoch}: "
-                           f"training stopped. {kept}")
+        test_loss = _finite(f"on the test set after epoch {epoch}", kept, mean_loss,
+                            elbo, model, guide, data.eval_batches("test", config.batch_size))
         record = dict(epoch=epoch, train_loss=total / seen, test_loss=test_loss, seconds=seconds)
         metrics.append(record)
         with open(run_dir / METRICS, "a") as f:
@@ -281,23 +270,35 @@ def _save_checkpoint(run_dir, epoch, params, optimizer, generator) -> None:
         "optimizer": optimizer.state_dict(),
         "rng": rng,
     }
-    path = run_dir / CHECKPOINT
-    tmp = path.with_name(f".{CHECKPOINT}.tmp")
+    atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+
+
+def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> float:
+    """``compute(*args)``, or a RunError naming ``where`` if it is NaN/inf or Pyro's
+    validation finds a NaN/inf distribution parameter on the way (a ValueError)."""
+    try:
+        value = compute(*args)
+    except ValueError as e:
+        first_line = str(e).strip().split("\n")[0]
+        raise RunError(f"invalid values {where} ({first_line}): training stopped. {kept}") from e
+    if not math.isfinite(value):
+        raise RunError(f"the loss is {value} {where}: training stopped. {kept}")
+    return value
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through a temporary file and ``os.replace``: a reader, or a crash,
+    sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().split("\n")[0]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _check_same_run(saved: Config, config: Config, run_dir: Path) -> None:
