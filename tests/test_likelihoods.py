@@ -20,6 +20,17 @@ def test_bernoulli_matches_closed_form():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_bernoulli_equals_torch_cross_entropy_on_grey_levels_and_large_logits():
+    logits = torch.randn(*BATCH, D) * 30
+    x = torch.rand(BATCH[1], D)
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none"
+    ).sum(-1)
+    got = get_likelihood("bernoulli")(logits).log_prob(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-3)
+    assert get_likelihood("bernoulli")(logits).expand((2, *BATCH)).log_prob(x).shape == (2, *BATCH)
+
+
 def test_gaussian_learned_variance_matches_closed_form():
     with pytest.warns(UserWarning, match="unbounded below"):
         likelihood = get_likelihood("gaussian")
