@@ -2,7 +2,7 @@
 
 from .data import DATASETS, DataError, Dataset, fetch, load_dataset
 from .estimators import ESTIMATORS, make_elbo
-from .evaluate import elbo
+from .evaluate import active_units, elbo, gradient_snr, kl_per_dimension, log_likelihood
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import VAE
 from .networks import Decoder, Encoder
@@ -20,11 +20,15 @@ __all__ = [
     "Likelihood",
     "RunError",
     "VAE",
+    "active_units",
     "elbo",
     "fetch",
     "fit",
     "get_likelihood",
+    "gradient_snr",
+    "kl_per_dimension",
     "load_dataset",
     "load_run",
+    "log_likelihood",
     "make_elbo",
 ]

@@ -1,19 +1,37 @@
-r"""Held-out evaluation of a trained model/guide pair.
+r"""Held-out evaluation of a trained model/guide pair: bounds, likelihood and diagnostics.
 
-``elbo`` is the standard evidence lower bound
-:math:`\mathbb{E}_{q(z|x)}[\log p(x, z) - \log q(z \mid x)]` per example, estimated with
-``TraceMeanField_ELBO`` (closed-form KL where one is known, sampling otherwise), on one fixed
-binarization of the split (seed :data:`pyro_vae.data.EVAL_SEED`) for binarized datasets.
+- :func:`elbo`: the evidence lower bound per example.
+- :func:`log_likelihood`: the importance-sampled estimate of :math:`\log p(x)`, the bound
+  :math:`\mathcal{L}_K` of Burda, Grosse & Salakhutdinov (2016), "Importance Weighted
+  Autoencoders" (K = 5000 in their tables).
+- :func:`active_units`: Burda et al.'s count of latent dimensions the data use.
+- :func:`kl_per_dimension`: :math:`\mathrm{KL}(q(z_u \mid x) \,\|\, \mathcal{N}(0, 1))` per
+  dimension, the picture of posterior collapse.
+- :func:`gradient_snr`: the signal-to-noise ratio of an estimator's gradients (Rainforth et
+  al., 2018, "Tighter Variational Bounds are Not Necessarily Better").
+
+Functions take the data as a tensor ``x``; for a dynamically binarized dataset pass one
+fixed binarization (:meth:`pyro_vae.Dataset.eval_batches` draws one from a stated seed).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
 
 from .data import EVAL_SEED, Dataset
 from .estimators import make_elbo, mean_loss
+
+_PARTICLES = "_importance_samples"
+_BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32
 
 
 def elbo(
@@ -25,7 +43,203 @@ def elbo(
     batch_size: int = 500,
     seed: int = 0,
 ) -> float:
-    """The ELBO of ``split`` in nats per example (higher is better)."""
+    r"""The ELBO :math:`\mathbb{E}_q[\log p(x, z) - \log q(z \mid x)]` of ``split`` in nats
+    per example, with ``TraceMeanField_ELBO`` (closed-form KL where one is known), on one
+    fixed binarization (seed :data:`~pyro_vae.data.EVAL_SEED`) for binarized datasets."""
     pyro.set_rng_seed(seed)
     estimator = make_elbo("meanfield", num_particles=num_particles)
     return -mean_loss(estimator, model, guide, data.eval_batches(split, batch_size, EVAL_SEED))
+
+
+@torch.no_grad()
+def log_likelihood(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    seed: int = 0,
+    memory_mb: float = 64,
+    plate: str = "data",
+    progress: bool = False,
+) -> torch.Tensor:
+    r"""Per-example importance-sampled estimates of :math:`\log p(x)`, shape ``(N,)``:
+
+    .. math:: \log \frac{1}{K} \sum_{k=1}^K \frac{p(x, z_k)}{q(z_k \mid x)},
+              \qquad z_k \sim q(z \mid x),
+
+    a lower bound in expectation that tightens to :math:`\log p(x)` as K grows. Any
+    model/guide pair works whose sample sites all lie in the plate named ``plate``: the
+    log-probabilities of each trace are summed per data point before the log-mean-exp.
+
+    Example ``i``'s K samples come from a random stream of its own, seeded by ``(seed, i)``,
+    so the result does not depend on the chunking, which keeps the decoder's work on about
+    ``memory_mb`` megabytes at a time. The caller's random state is left as it was.
+    """
+    n, k = x.shape[0], num_samples
+    n_chunk, k_chunk = chunk_shape(k, x[0].numel(), memory_mb)
+    result = torch.empty(n, device=x.device)
+    devices = [x.device] if x.device.type == "cuda" else []
+    bar = tqdm(total=n, desc=f"IS-{k} log-likelihood", unit="example", disable=not progress)
+    with torch.random.fork_rng(devices=devices):
+        nesting = _plate_nesting(model, guide, x[:1])
+        for start in range(0, n, n_chunk):
+            xs = x[start : start + n_chunk]
+            draws = [_draw_latents(guide, xs[i : i + 1], k, seed, start + i, nesting, plate)
+                     for i in range(xs.shape[0])]
+            latents = {name: torch.cat([d[name][0] for d in draws], dim=draws[0][name][1])
+                       for name in draws[0]}
+            log_w = torch.cat([
+                _log_weights(model, guide, xs, {s: v[j : j + k_chunk] for s, v in latents.items()},
+                             nesting, plate)
+                for j in range(0, k, k_chunk)
+            ])
+            result[start : start + xs.shape[0]] = torch.logsumexp(log_w, dim=0) - math.log(k)
+            bar.update(xs.shape[0])
+    bar.close()
+    return result
+
+
+def chunk_shape(num_samples: int, x_dim: int, memory_mb: float) -> tuple[int, int]:
+    """(examples, samples) per chunk of :func:`log_likelihood`: as many (sample, example)
+    pairs as fit ``memory_mb``, all samples of an example together where they fit."""
+    codes = max(1, int(memory_mb * 2**20) // (_BYTES_PER_CODE_AND_DIM * x_dim))
+    n_chunk = max(1, codes // num_samples)
+    return n_chunk, max(1, min(num_samples, codes // n_chunk))
+
+
+def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> dict:
+    """Example ``index``'s k latent samples, from a stream of its own:
+    ``{site: (value, the value's data dimension)}``."""
+    # torch seeds its CPU generator with 32 bits: a golden-ratio step keeps the examples of
+    # one seed on distinct streams and puts different seeds far apart.
+    torch.manual_seed((seed * 0x9E3779B1 + index) % 2**32)
+    with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
+        trace = poutine.trace(guide).get_trace(x_i)
+    return {name: (site["value"], _data_dim(site, name, plate) - site["fn"].event_dim)
+            for name, site in _sample_sites(trace)}
+
+
+def _log_weights(model, guide, x, latents, nesting, plate) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) for given latents, summed per data point: ``(k, n)``."""
+    k = next(iter(latents.values())).shape[0]
+    with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
+        guide_trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(x)
+        model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
+    log_w = 0.0
+    for trace, sign in ((model_trace, 1), (guide_trace, -1)):
+        trace.compute_log_prob()
+        for name, site in _sample_sites(trace):
+            log_p = site["log_prob"].movedim(_data_dim(site, name, plate), -1)
+            log_w = log_w + sign * log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
+    return log_w
+
+
+def _sample_sites(trace):
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)]
+
+
+def _data_dim(site, name, plate) -> int:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate:
+            return frame.dim
+    raise ValueError(
+        f"sample site {name!r} is outside the plate {plate!r}: log_likelihood needs every "
+        "sample site inside the data plate, so that log-weights factorize per data point"
+    )
+
+
+def _plate_nesting(model, guide, x) -> int:
+    """The deepest plate dimension used by model and guide (1 for a single data plate)."""
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    return max(-frame.dim for trace in (model_trace, guide_trace)
+               for _, site in _sample_sites(trace) for frame in site["cond_indep_stack"])
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+@torch.no_grad()
+def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int = 1000):
+    """The guide's distribution at ``site`` for every row of ``x``, batch by batch."""
+    for start in range(0, x.shape[0], batch_size):
+        trace = poutine.trace(guide).get_trace(x[start : start + batch_size])
+        if site not in trace.nodes:
+            raise ValueError(f"the guide has no sample site {site!r}")
+        yield trace.nodes[site]["fn"]
+
+
+def active_units(
+    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str = "z"
+) -> tuple[int, torch.Tensor]:
+    r"""Burda et al.'s active units: the number of dimensions u with
+    :math:`A_u = \mathrm{Cov}_x(\mathbb{E}_{q(z \mid x)}[z_u]) > ` ``threshold``, and every
+    :math:`A_u`. The posterior mean is the guide's ``mean`` (or a 64-sample average)."""
+
+    def mean(q):
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((64,)).mean(0)
+
+    means = torch.cat([mean(q) for q in posterior(guide, x, site)])
+    variances = means.var(dim=0)
+    return int((variances > threshold).sum()), variances
+
+
+def kl_per_dimension(guide: Callable, x: torch.Tensor, site: str = "z") -> torch.Tensor:
+    r"""Mean over ``x`` of :math:`\mathrm{KL}(q(z_u \mid x) \,\|\, \mathcal{N}(0, 1))` for each
+    dimension u, in closed form for a diagonal Normal guide:
+    :math:`\tfrac12(\mu_u^2 + \sigma_u^2 - 1) - \log \sigma_u`. Sums to the mean KL term."""
+    total, n = 0.0, 0
+    for q in posterior(guide, x, site):
+        base = q.base_dist if isinstance(q, dist.Independent) else q
+        if not isinstance(base, dist.Normal):
+            raise ValueError(f"kl_per_dimension needs a Normal guide at {site!r}, got {base}")
+        kl = 0.5 * (base.loc**2 + base.scale**2 - 1) - base.scale.log()
+        total = total + kl.sum(0)
+        n += kl.shape[0]
+    return total / n
+
+
+def gradient_snr(
+    model: Callable, guide: Callable, estimator: ELBO, x: torch.Tensor, num_draws: int = 100
+) -> dict[str, dict[str, float]]:
+    r"""For the current parameters, draw ``estimator``'s gradient ``num_draws`` times and
+    report for the guide's (``encoder``) and the model's (``decoder``) parameters:
+
+    - ``snr``: :math:`|\mathbb{E}[g]| / \mathrm{std}[g]` per parameter, averaged over the
+      parameters whose gradient varies (Rainforth et al., 2018);
+    - ``variance``: :math:`\sum \mathrm{Var}[g]` over the parameters.
+
+    Gradients are those of the batch's summed loss, as in training.
+    """
+    groups = {"encoder": _param_names(guide, x), "decoder": _param_names(model, x)}
+    wanted = {name for names in groups.values() for name in names}
+    params = {n: p for n, p in pyro.get_param_store().named_parameters() if n in wanted}
+    sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    squares = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    for _ in range(num_draws):
+        for p in params.values():
+            p.grad = None
+        estimator.loss_and_grads(model, guide, x)
+        for name, p in params.items():
+            g = p.grad.double() if p.grad is not None else torch.zeros_like(sums[name])
+            sums[name] += g
+            squares[name] += g * g
+    result = {}
+    for group, names in groups.items():
+        mean = torch.cat([sums[n].flatten() for n in names]) / num_draws
+        var = (torch.cat([squares[n].flatten() for n in names]) / num_draws - mean**2).clamp(min=0)
+        std = var.sqrt()
+        varies = std > 1e-12 * (mean.abs() + 1)
+        snr = (mean.abs()[varies] / std[varies]).mean().item() if varies.any() else math.inf
+        result[group] = {"snr": snr, "variance": var.sum().item()}
+    return result
+
+
+def _param_names(fn: Callable, x: torch.Tensor) -> list[str]:
+    with poutine.block():
+        trace = poutine.trace(fn, param_only=True).get_trace(x)
+    return sorted(trace.nodes)
