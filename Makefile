@@ -18,13 +18,16 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/pyro-vae train --dataset mnist-binary --likelihood bernoulli --elbo meanfield \
 		--z-dim 20 --hidden 400 --batch-size 256 --epochs 3 --out runs/demo
-	$(BIN)/pyro-vae evaluate runs/demo
+	$(BIN)/pyro-vae evaluate runs/demo --is-samples 100
 	$(BIN)/pyro-vae sample runs/demo
 	$(BIN)/pyro-vae reconstruct runs/demo
 	@echo "demo done: figures in runs/demo/figures/, metrics in runs/demo/metrics.jsonl"
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/log_likelihood_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pyro_vae tests

@@ -48,3 +48,21 @@ def image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def kl_bars(kl: torch.Tensor, path: str | Path) -> Path:
+    """Bars of the KL per latent dimension, largest first: which units carry information."""
+    values = kl.detach().cpu().sort(descending=True)
+    fig = Figure(figsize=(max(4.0, 0.12 * len(kl) + 1.5), 3.0))
+    ax = fig.add_subplot()
+    ax.bar(range(len(kl)), values.values.numpy(), color="tab:blue")
+    ax.set_xticks(range(len(kl)), labels=[str(i) for i in values.indices.tolist()],
+                  fontsize=6 if len(kl) > 20 else 9, rotation=90 if len(kl) > 20 else 0)
+    ax.set_xlabel("latent dimension (sorted)")
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(f"KL(q(z_u|x) || N(0, 1)) per dimension, total {kl.sum().item():.2f} nats")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

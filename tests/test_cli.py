@@ -33,10 +33,16 @@ def test_train_evaluate_sample_reconstruct_resume(small_npz, tmp_path, capsys):
     assert main(["train", *flags, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
     assert "final test loss" in capsys.readouterr().out
 
-    assert main(["evaluate", str(run)]) == 0
+    assert main(["evaluate", str(run), "--is-samples", "20"]) == 0
+    assert "IS-20 log-likelihood" in capsys.readouterr().out
     result = json.loads((run / "evaluation.json").read_text())
     assert result["split"] == "test" and result["examples"] == 100
-    assert 50 < result["negative_elbo"] < 600 and result["elbo"] == -result["negative_elbo"]
+    assert -600 < result["elbo"] < -50
+    assert result["log_likelihood"] > result["elbo"]  # IS-20 is the tighter bound
+    assert result["gap"] == pytest.approx(result["log_likelihood"] - result["elbo"])
+    assert 0 < result["log_likelihood_stderr"] < 10
+    assert 0 <= result["active_units"] <= 5 and len(result["kl_per_dimension"]) == 5
+    assert (run / "figures" / "kl_per_dimension.png").read_bytes().startswith(b"\x89PNG")
 
     assert main(["sample", str(run), "--n", "16"]) == 0
     assert main(["reconstruct", str(run), "--n", "6"]) == 0
