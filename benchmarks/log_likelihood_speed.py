@@ -1,0 +1,86 @@
+"""How close is the IS-K log-likelihood to the bare cost of its matrix products?
+
+    .venv/bin/python benchmarks/log_likelihood_speed.py [--run RUN_DIR] [--examples 20]
+
+Times, alternating in one process, on the same K x N latent codes in the same chunks:
+(a) the decoder's forward pass alone, in plain PyTorch (the bare matrix products);
+(b) (a) plus the Bernoulli log-mass x*l - softplus(l) summed per code, in plain PyTorch: the
+    floor of any exact evaluation, since it needs one softplus per pixel per code;
+(c) ``pyro_vae.log_likelihood`` with K samples for N examples (guide, prior, decoder,
+    likelihood, Pyro traces, log-mean-exp).
+Prints the medians, codes per second, and the ratios (c)/(a) and (c)/(b). The model is the
+core issue's VAE (784-400-50, Bernoulli), freshly initialized unless --run names a run.
+"""
+
+import argparse
+import statistics
+import time
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import VAE, load_dataset, load_run
+from pyro_vae.evaluate import chunk_shape, log_likelihood
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", help="a trained run directory (default: a fresh 784-400-50 VAE)")
+    p.add_argument("--examples", type=int, default=20, help="N test examples")
+    p.add_argument("--is-samples", type=int, default=5000, help="K samples per example")
+    p.add_argument("--memory-mb", type=float, default=64)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+
+    if args.run:
+        _, vae, data = load_run(args.run)
+    else:
+        data = load_dataset("mnist-binary")
+        vae = VAE(x_dim=784, z_dim=50, hidden=(400,))
+    pyro.enable_validation(False)  # as in any timed evaluation; the tests run with it on
+    x = torch.cat(list(data.eval_batches("test", 1000)))[: args.examples]
+    n, k = x.shape[0], args.is_samples
+    n_chunk, k_chunk = chunk_shape(k, x.shape[1], args.memory_mb)
+    z = torch.randn(k_chunk, n_chunk, vae.z_dim)
+    x_chunk = x[:n_chunk]
+    chunks = -(-n // n_chunk) * -(-k // k_chunk)
+
+    @torch.no_grad()
+    def bare() -> None:
+        for _ in range(chunks):
+            vae.decoder(z)
+
+    @torch.no_grad()
+    def bare_log_mass() -> None:
+        for _ in range(chunks):
+            logits = vae.decoder(z)
+            F.softplus(logits).neg_().addcmul_(x_chunk, logits).sum(-1)
+
+    def ours() -> None:
+        log_likelihood(vae.model, vae.guide, x, num_samples=k, memory_mb=args.memory_mb)
+
+    runs = {"(a) bare decoder": bare, "(b) + log-mass": bare_log_mass, "(c) log_likelihood": ours}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    codes = n * k
+    print(f"K = {k} samples x N = {n} examples = {codes:,} latent codes; chunks of "
+          f"{k_chunk} x {n_chunk} ({args.memory_mb:g} MB); {torch.get_num_threads()} threads; "
+          f"median of {args.rounds} alternating rounds")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(f"  {name:20s} {median:8.3f} s   {codes / median:12,.0f} codes/s")
+    a, b, c = (statistics.median(ts) for ts in times.values())
+    print(f"ratio (c)/(a), log_likelihood / bare decoder:     {c / a:.2f}  (target <= 1.30)")
+    print(f"ratio (c)/(b), log_likelihood / bare + log-mass:  {c / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
