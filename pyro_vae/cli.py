@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import fields, replace
@@ -38,6 +39,7 @@ from .train import (
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.getLogger("pyro").setLevel(logging.WARNING)  # not "Guessed max_plate_nesting"
     try:
         return args.command(args)
     except (RunError, ValueError) as e:  # DataError and bad options are ValueErrors
@@ -165,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a .npz path ({d.dataset})")
     t.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({d.likelihood})")
     t.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
+    t.add_argument("--min-scale", dest="min_scale", type=float,
+                   help="scale floor of gaussian (0: none)")
     t.add_argument("--elbo", choices=ESTIMATORS, help=f"estimator ({d.elbo})")
     t.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({d.z_dim})")
     t.add_argument("--hidden", type=int, nargs="+",

@@ -63,38 +63,44 @@ class Bernoulli(Likelihood):
             return
         self._checked = True
         if ((x != 0) & (x != 1)).any():
-            warnings.warn(
+            warnings.warn(  # stacklevel 2: the model's line that checks the data
                 "bernoulli likelihood on non-binary data: its loss is a binary cross-entropy, "
                 "not a normalized log-likelihood. Use dataset 'mnist-binary' (dynamic "
                 "binarization) or likelihood 'continuous-bernoulli' for grey levels.",
-                stacklevel=3,
+                stacklevel=2,
             )
 
 
 class Gaussian(Likelihood):
-    r"""Gaussian pixels with a mean and a per-pixel log-scale from the decoder:
-    :math:`x_d \sim \mathcal{N}(\mu_d(z), \sigma_d(z)^2)`.
+    r"""Gaussian pixels with a mean and a per-pixel log-variance from the decoder, as the
+    Gaussian MLP of Kingma & Welling (2014, appendix C.2):
+    :math:`x_d \sim \mathcal{N}(\mu_d(z), \sigma_d(z)^2)`,
+    :math:`\sigma_d = \text{min\_scale} + \exp(\tfrac12 \log\sigma^2_d(z))`.
 
-    Ill-posed on data with near-constant pixels (such as MNIST's black borders): the
-    decoder can shrink :math:`\sigma_d \to 0` there and the loss is unbounded below
-    (Mattei & Frellsen, 2018, "Leveraging the Exact Likelihood of Deep Latent Variable
-    Models"). Allowed, with a warning.
+    Ill-posed with ``min_scale = 0`` on data with near-constant pixels (such as MNIST's
+    black borders): the decoder can shrink :math:`\sigma_d \to 0` there and the loss is
+    unbounded below (Mattei & Frellsen, 2018, "Leveraging the Exact Likelihood of Deep
+    Latent Variable Models"). Allowed, with a warning; a floor ``min_scale > 0`` bounds it.
     """
 
     params_per_dim = 2
 
-    def __init__(self):
+    def __init__(self, min_scale: float = 0.0):
         super().__init__()
-        warnings.warn(
-            "gaussian likelihood with a learned per-pixel variance: the loss is unbounded "
-            "below on data with constant pixels and can run to -inf or NaN. "
-            "'gaussian-fixed' fixes the variance.",
-            stacklevel=3,
-        )
+        if not (min_scale >= 0 and math.isfinite(min_scale)):
+            raise ValueError(f"gaussian needs min_scale >= 0, got {min_scale}")
+        self.min_scale = float(min_scale)
+        if self.min_scale == 0:
+            warnings.warn(
+                "gaussian likelihood with a learned per-pixel variance: the loss is unbounded "
+                "below on data with constant pixels and can run to -inf or NaN. A floor "
+                "(min_scale > 0), 'gaussian-shared' or 'gaussian-fixed' bounds it.",
+                stacklevel=3,
+            )
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
-        loc, log_scale = params.chunk(2, dim=-1)
-        return dist.Normal(loc, log_scale.exp()).to_event(1)
+        loc, log_variance = params.chunk(2, dim=-1)
+        return dist.Normal(loc, self.min_scale + (0.5 * log_variance).exp()).to_event(1)
 
 
 class GaussianFixed(Likelihood):
@@ -112,6 +118,56 @@ class GaussianFixed(Likelihood):
         return dist.Normal(loc, torch.full_like(loc, self.sigma)).to_event(1)
 
 
+class _SharedScale(Likelihood):
+    """A location from the decoder and one learned log-scale ``s`` shared by all pixels, a
+    parameter trained with the networks (registered by the model's ``pyro.module``)."""
+
+    family: type[dist.Distribution]
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, loc: torch.Tensor) -> dist.Distribution:
+        return self.family(loc, self.log_scale.exp().expand_as(loc)).to_event(1)
+
+
+class GaussianShared(_SharedScale):
+    r"""Gaussian pixels with one learned scale shared by all pixels:
+    :math:`x_d \sim \mathcal{N}(\mu_d(z), \sigma^2)`, :math:`\sigma = e^s`. The calibrated
+    decoder of Rybkin, Daniilidis & Levine (2021), "Simple and Effective VAE Training with
+    Calibrated Decoders": one variance cannot collapse on a few constant pixels, so the loss
+    stays bounded, and its optimum is the mean squared error of the reconstructions."""
+
+    family = dist.Normal
+
+
+class Laplace(_SharedScale):
+    r"""Laplace pixels with one learned scale shared by all pixels, as in
+    :class:`GaussianShared`: :math:`\log p(x_d \mid z) = -|x_d - \mu_d(z)| / b - \log 2b`,
+    :math:`b = e^s`. The absolute error fits each pixel's conditional median rather than its
+    mean, so outlying pixels sway it less; the shared ``b`` keeps the loss bounded below."""
+
+    family = dist.Laplace
+
+
+class _LogitContinuousBernoulli(dist.ContinuousBernoulli):
+    r"""``dist.ContinuousBernoulli`` with its log-density written in logits,
+    :math:`x l - \mathrm{softplus}(l) + \log C`, where :math:`C = l / \tanh(l/2)`, so
+    :math:`\log C = \log|l| - \log\tanh(|l|/2)`, and near 0 its Taylor series
+    :math:`\log 2 + l^2/12 - 7 l^4/1440`: the same values as torch's, in fewer passes."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits = self.logits
+        size = logits.abs()
+        small = size < 0.1
+        safe = torch.where(small, torch.ones_like(size), size)  # no NaN in either branch
+        square = logits * logits
+        log_norm = torch.where(small, math.log(2.0) + square / 12 - 7 * square * square / 1440,
+                               safe.log() - torch.tanh(safe / 2).log())
+        return log_norm.sub_(F.softplus(logits)).addcmul_(value, logits)
+
+
 class ContinuousBernoulli(Likelihood):
     r"""The continuous Bernoulli, a normalized density on [0, 1] for grey levels
     (Loaiza-Ganem & Cunningham, 2019, "The continuous Bernoulli: fixing a pervasive
@@ -119,7 +175,7 @@ class ContinuousBernoulli(Likelihood):
     :math:`p(x \mid \lambda) = C(\lambda)\, \lambda^x (1 - \lambda)^{1 - x}`."""
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
-        return dist.ContinuousBernoulli(logits=logits).to_event(1)
+        return _LogitContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {
@@ -127,11 +183,14 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
     "gaussian": Gaussian,
     "gaussian-fixed": GaussianFixed,
     "continuous-bernoulli": ContinuousBernoulli,
+    "gaussian-shared": GaussianShared,
+    "laplace": Laplace,
 }
 
 
 def get_likelihood(name: str, **options) -> Likelihood:
-    """The likelihood registered as ``name``, built with ``options`` (e.g. ``sigma``)."""
+    """The likelihood registered as ``name``, built with ``options`` (``sigma`` of
+    gaussian-fixed, ``min_scale`` of gaussian)."""
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; choose from: {', '.join(LIKELIHOODS)}")
     try:

@@ -57,6 +57,7 @@ class Config:
     dataset: str = "mnist-binary"
     likelihood: str = "bernoulli"
     sigma: float | None = None  # the fixed scale of 'gaussian-fixed'
+    min_scale: float | None = None  # the scale floor of 'gaussian'
     z_dim: int = 50
     hidden: list[int] = field(default_factory=lambda: [400])  # decoder uses them reversed
     activation: str = "relu"
@@ -96,8 +97,9 @@ class Config:
         return make_elbo(self.elbo, self.particles, self.vectorize, self.jit, self.alpha)
 
     def make_likelihood(self):
-        options = {} if self.sigma is None else {"sigma": self.sigma}
-        return get_likelihood(self.likelihood, **options)
+        options = {"sigma": self.sigma, "min_scale": self.min_scale}
+        given = {name: value for name, value in options.items() if value is not None}
+        return get_likelihood(self.likelihood, **given)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:

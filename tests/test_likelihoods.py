@@ -35,9 +35,9 @@ def test_gaussian_learned_variance_matches_closed_form():
     with pytest.warns(UserWarning, match="unbounded below"):
         likelihood = get_likelihood("gaussian")
     params = torch.randn(*BATCH, 2 * D)
-    mu, log_s = params[..., :D], params[..., D:]
+    mu, log_variance = params[..., :D], params[..., D:]
     x = torch.rand(BATCH[1], D)
-    s = log_s.exp()
+    s = (0.5 * log_variance).exp()
     expected = (-0.5 * ((x - mu) / s) ** 2 - s.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     got = likelihood(params).log_prob(x)
     assert got.shape == BATCH
@@ -80,6 +80,24 @@ def test_continuous_bernoulli_matches_closed_form_and_integrates_to_one():
     assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_continuous_bernoulli_is_accurate_for_all_logits_with_finite_gradients():
+    logits = torch.cat([torch.linspace(-40, 40, 801), torch.tensor([0.0, 1e-4, -0.0999, 0.1])])
+    logits = logits.reshape(-1, 1).requires_grad_()
+    x = torch.rand(logits.shape[0], 1)
+    got = get_likelihood("continuous-bernoulli")(logits).log_prob(x)
+    # Reference in float64 from the closed form C = l / tanh(l / 2) (C = 2 at l = 0).
+    l64, x64 = logits.detach().double(), x.double()
+    log_c = torch.where(l64 == 0, math.log(2.0), (l64 / torch.tanh(l64 / 2)).log())
+    exact = (x64 * l64 - torch.nn.functional.softplus(l64) + log_c).sum(-1)
+    assert torch.allclose(got.double(), exact, rtol=1e-6, atol=1e-5 * 40)  # float32 of |l|=40
+    # torch's own implementation agrees where it is accurate in float32
+    moderate = l64.abs().squeeze(-1) < 10
+    torch_cb = torch.distributions.ContinuousBernoulli(logits=logits.detach()).log_prob(x).sum(-1)
+    assert torch.allclose(got[moderate], torch_cb[moderate], atol=1e-3)
+    got.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_bernoulli_warns_once_on_grey_data_and_never_on_binary():
     likelihood = get_likelihood("bernoulli")
     with warnings.catch_warnings(record=True) as caught:
@@ -107,3 +125,48 @@ def test_bad_likelihood_options_are_refused():
         get_likelihood("bernoulli", sigma=2.0)
     with pytest.raises(ValueError, match="sigma > 0"):
         get_likelihood("gaussian-fixed", sigma=0.0)
+
+
+def test_gaussian_scale_floor_bounds_the_scale_and_silences_the_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        likelihood = get_likelihood("gaussian", min_scale=0.05)
+    params = torch.cat([torch.zeros(2, D), torch.full((2, D), -100.0)], -1)  # variance ~ 0
+    q = likelihood(params)
+    assert torch.allclose(q.base_dist.scale, torch.full((2, D), 0.05))
+    x = torch.zeros(2, D)
+    expected = D * (-math.log(0.05) - 0.5 * math.log(2 * math.pi))
+    assert torch.allclose(q.log_prob(x), torch.full((2,), expected), atol=1e-3)
+    with pytest.raises(ValueError, match="min_scale >= 0"):
+        get_likelihood("gaussian", min_scale=-1.0)
+
+
+@pytest.mark.parametrize("name", ["gaussian-shared", "laplace"])
+def test_shared_scale_likelihoods_match_closed_forms_and_learn_their_scale(name):
+    likelihood = get_likelihood(name)
+    with torch.no_grad():
+        likelihood.log_scale.fill_(math.log(0.3))
+    mu = torch.randn(*BATCH, D)
+    x = torch.rand(BATCH[1], D)
+    b = 0.3
+    if name == "laplace":
+        expected = (-(x - mu).abs() / b - math.log(2 * b)).sum(-1)
+    else:
+        expected = (-0.5 * ((x - mu) / b) ** 2 - math.log(b) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    got = likelihood(mu).log_prob(x)
+    assert got.shape == BATCH
+    assert torch.allclose(got, expected, atol=1e-4)
+    got.sum().backward()
+    assert likelihood.log_scale.grad is not None and likelihood.log_scale.grad != 0
+    assert list(dict(likelihood.named_parameters())) == ["log_scale"]
+
+
+def test_shared_scale_is_a_pyro_parameter_of_the_model():
+    import pyro
+    import pyro.poutine as poutine
+
+    from pyro_vae import VAE
+
+    vae = VAE(x_dim=D, z_dim=2, hidden=(5,), likelihood="gaussian-shared")
+    poutine.trace(vae.model).get_trace(torch.rand(3, D))
+    assert "likelihood$$$log_scale" in pyro.get_param_store().keys()

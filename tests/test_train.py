@@ -146,3 +146,10 @@ def test_every_estimator_trains_through_fit(mnist_small, tmp_path, overrides):
     data = mnist_small.subset(train=300, test=100)
     _, metrics = _train(data, tmp_path / "run", epochs=1, **overrides)
     assert 0 < metrics[0]["test_loss"] < 1000 or overrides.get("dataset") == "mnist"
+
+
+def test_likelihood_options_reach_the_likelihood_or_are_refused():
+    assert Config(likelihood="gaussian", min_scale=0.1).make_likelihood().min_scale == 0.1
+    assert Config(likelihood="gaussian-fixed", sigma=0.2).make_likelihood().sigma == 0.2
+    with pytest.raises(ValueError, match="'bernoulli' does not take options \\['min_scale'\\]"):
+        Config(likelihood="bernoulli", min_scale=0.1).check()
