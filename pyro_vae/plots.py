@@ -18,32 +18,60 @@ def image_grid(
     row_labels: Sequence[str] | None = None,
 ) -> Path:
     """Tile ``images`` (N, D), values in [0, 1], into rows of ``ncol`` and save a PNG."""
+    return image_panels({title or "": images}, image_shape, path, ncol, row_labels)
+
+
+def image_panels(
+    panels: dict[str, torch.Tensor],
+    image_shape: Sequence[int],
+    path: str | Path,
+    ncol: int,
+    row_labels: Sequence[str] | None = None,
+) -> Path:
+    """One titled grid of images per entry of ``panels``, stacked top to bottom, as a PNG."""
+    canvases = [_tile(images, image_shape, ncol) for images in panels.values()]
+    h, w = canvases[0].shape
+    width = w / 28 * 0.6 + (1.2 if row_labels else 0.2)
+    fig = Figure(figsize=(width, sum(c.shape[0] / 28 * 0.6 + 0.45 for c in canvases)))
+    axes = fig.subplots(len(canvases), 1, squeeze=False)[:, 0]
+    for ax, (title, _), canvas in zip(axes, panels.items(), canvases, strict=True):
+        ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        rows = (canvas.shape[0] - _PAD) // (image_shape[0] + _PAD)
+        if row_labels:
+            centres = [_PAD + r * (image_shape[0] + _PAD) + image_shape[0] / 2 for r in range(rows)]
+            ax.set_yticks(centres, labels=row_labels[:rows])
+            ax.tick_params(left=False)
+        else:
+            ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if title:
+            ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+_PAD = 1  # pixels of white between tiled images
+
+
+def _tile(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> torch.Tensor:
+    """One grey canvas with ``images`` (N, D) in rows of ``ncol``, values clamped to [0, 1]."""
     if image_shape is None or len(image_shape) != 2:
         raise ValueError(f"cannot draw images of shape {image_shape}: the data are not images")
     h, w = image_shape
     n = images.shape[0]
     nrow = -(-n // ncol)
-    pad = 1
-    canvas = torch.ones(nrow * (h + pad) + pad, ncol * (w + pad) + pad)
+    canvas = torch.ones(nrow * (h + _PAD) + _PAD, ncol * (w + _PAD) + _PAD)
     pictures = images.detach().float().cpu().clamp(0, 1).reshape(n, h, w)
     for i, picture in enumerate(pictures):
         r, c = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        top, left = _PAD + r * (h + _PAD), _PAD + c * (w + _PAD)
         canvas[top : top + h, left : left + w] = picture
-    fig = Figure(figsize=(ncol * 0.6 + (1.2 if row_labels else 0.2), nrow * 0.6 + 0.5))
-    ax = fig.add_subplot()
-    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    if row_labels:
-        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(nrow)], labels=row_labels)
-        ax.tick_params(left=False)
-    else:
-        ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
+    return canvas
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -62,7 +90,4 @@ def kl_bars(kl: torch.Tensor, path: str | Path) -> Path:
     ax.set_ylabel("KL (nats)")
     ax.set_title(f"KL(q(z_u|x) || N(0, 1)) per dimension, total {kl.sum().item():.2f} nats")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path)

@@ -1,0 +1,41 @@
+"""Every experiment runs end to end in its --quick mode and writes what it promises."""
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """An experiment script as a module, for the constants it defines."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the run
+def test_likelihood_study_quick(tmp_path):
+    out = tmp_path / "likelihoods"
+    script = ROOT / "experiments" / "likelihoods.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    LIKELIHOODS = _load("likelihoods").LIKELIHOODS  # noqa: N806
+    readme = (out / "README.md").read_text()
+    for name in LIKELIHOODS:
+        assert f"| {name} | 1 |" in readme  # a row per likelihood in the comparison table
+        trained = (out / "runs" / name / "checkpoint.pt").is_file()
+        assert trained or f"| {name} | stopped |" in readme
+    assert "| 148.437 | 148.437 |" in readme and "| 27.051 | 747.499 |" in readme
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["likelihood"] for row in rows} <= set(LIKELIHOODS)
+    assert len({row["likelihood"] for row in rows}) >= 5  # the ill-posed gaussian may stop
+    for png in ("reconstructions.png", "samples.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
