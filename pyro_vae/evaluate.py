@@ -213,7 +213,8 @@ def gradient_snr(
       parameters whose gradient varies (Rainforth et al., 2018);
     - ``variance``: :math:`\sum \mathrm{Var}[g]` over the parameters.
 
-    Gradients are those of the batch's summed loss, as in training.
+    Gradients are those of the batch's summed loss, as in training; the parameters are
+    left without gradients, so a training step after this call is unaffected.
     """
     groups = {"encoder": _param_names(guide, x), "decoder": _param_names(model, x)}
     wanted = {name for names in groups.values() for name in names}
@@ -228,6 +229,8 @@ def gradient_snr(
             g = p.grad.double() if p.grad is not None else torch.zeros_like(sums[name])
             sums[name] += g
             squares[name] += g * g
+    for p in params.values():  # leave no gradient behind for a training step to add to
+        p.grad = None
     result = {}
     for group, names in groups.items():
         mean = torch.cat([sums[n].flatten() for n in names]) / num_draws

@@ -138,6 +138,7 @@ def test_gradient_snr_rises_and_variance_falls_with_particles():
     many = gradient_snr(vae.model, vae.guide, make_elbo("trace", num_particles=16), x,
                         num_draws=30)
     assert set(one) == {"encoder", "decoder"}
+    assert all(p.grad is None for _, p in pyro.get_param_store().named_parameters())
     for group in ("encoder", "decoder"):
         assert many[group]["variance"] < one[group]["variance"] / 4  # about 16x lower
         assert many[group]["snr"] > one[group]["snr"]
