@@ -31,6 +31,15 @@ def test_bernoulli_equals_torch_cross_entropy_on_grey_levels_and_large_logits():
     assert get_likelihood("bernoulli")(logits).expand((2, *BATCH)).log_prob(x).shape == (2, *BATCH)
 
 
+def test_bernoulli_log_mass_gradient_is_exact():
+    """The hand-written backward (x - sigmoid(l)), also for x broadcast over particles."""
+    from pyro_vae.likelihoods import _BernoulliLogMass
+
+    logits = (torch.randn(*BATCH, D, dtype=torch.float64) * 5).requires_grad_()
+    x = torch.rand(BATCH[1], D, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_BernoulliLogMass.apply, (logits, x))
+
+
 def test_gaussian_learned_variance_matches_closed_form():
     with pytest.warns(UserWarning, match="unbounded below"):
         likelihood = get_likelihood("gaussian")
