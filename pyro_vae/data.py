@@ -94,7 +94,6 @@ class Dataset:
         batch_size: int,
         generator: torch.Generator | None = None,
         shuffle: bool = True,
-        drop_last: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield batches of ``split`` ("train" or "test") in a random order drawn from
         ``generator`` (or in file order with ``shuffle=False``); with ``binarize`` each
@@ -102,8 +101,7 @@ class Dataset:
         x = self.split(split)
         n = x.shape[0]
         order = torch.randperm(n, generator=generator, device=x.device) if shuffle else None
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
+        for start in range(0, n, batch_size):
             end = min(start + batch_size, n)
             batch = x[order[start:end]] if shuffle else x[start:end]
             if self.binarize:

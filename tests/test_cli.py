@@ -32,6 +32,7 @@ def test_train_evaluate_sample_reconstruct_resume(small_npz, tmp_path, capsys):
     flags = ["--dataset", str(small_npz), "--z-dim", "5", "--hidden", "64", "--batch-size", "100"]
     assert main(["train", *flags, "--epochs", "1", "--out", str(run), "--quiet"]) == 0
     assert "final test loss" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["jit"]  # on by default for meanfield
 
     assert main(["evaluate", str(run), "--is-samples", "20"]) == 0
     assert "IS-20 log-likelihood" in capsys.readouterr().out
@@ -81,6 +82,7 @@ def test_console_script_reports_bad_estimator(tmp_path):
     [
         (["train", "--elbo", "tail-adaptive"], "num_particles >= 2"),
         (["train", "--elbo", "renyi", "--particles", "5"], "renyi needs an alpha"),
+        (["train", "--elbo", "iwae", "--particles", "5", "--jit"], "no compiled 'iwae'"),
         (["train", "--dataset", "cifar10"], "unknown dataset 'cifar10'; choose from: mnist"),
         (["train", "--batch-size", "0"], "batch_size must be at least 1"),
         (["train", "--z-dim", "0"], "z_dim must be at least 1"),

@@ -44,11 +44,12 @@ def test_run_directory_contents(mnist_small, tmp_path):
     assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(mnist_small, tmp_path):
-    data = mnist_small.subset(train=500, test=200)
-    vae_a, straight = _train(data, tmp_path / "a", epochs=3)
-    _train(data, tmp_path / "b", epochs=1)  # "interrupted" after epoch 1
-    vae_b, resumed = _train(data, tmp_path / "b", resume=True, epochs=3)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_interrupted_and_resumed_equals_uninterrupted(mnist_small, tmp_path, jit):
+    data = mnist_small.subset(train=550, test=200)  # 5.5 batches: two shapes to compile
+    vae_a, straight = _train(data, tmp_path / "a", epochs=3, jit=jit)
+    _train(data, tmp_path / "b", epochs=1, jit=jit)  # "interrupted" after epoch 1
+    vae_b, resumed = _train(data, tmp_path / "b", resume=True, epochs=3, jit=jit)
     strip = lambda ms: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
     assert strip(resumed) == strip(straight)
     params_a, params_b = vae_a.state_dict(), vae_b.state_dict()
@@ -126,6 +127,17 @@ def test_load_run_restores_the_trained_parameters(mnist_small, tmp_path):
     assert config.z_dim == 10
     x = next(data.eval_batches("test", 10))
     assert torch.equal(loaded.reconstruct(x), vae.reconstruct(x))
+
+
+def test_compiled_training_follows_the_uncompiled_run(mnist_small, tmp_path):
+    """Same seed, same batches and draws: JIT and eager training agree up to float
+    rounding, last (smaller) batch included."""
+    data = mnist_small.subset(train=550, test=200)
+    _, eager = _train(data, tmp_path / "eager", epochs=2)
+    _, compiled = _train(data, tmp_path / "jit", epochs=2, jit=True)
+    for e, c in zip(eager, compiled, strict=True):
+        assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-4)
+        assert c["test_loss"] == pytest.approx(e["test_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize(
