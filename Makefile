@@ -27,6 +27,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/train_speed.py --batch-size 256
+	$(BIN)/python benchmarks/train_speed.py --batch-size 64 --rows bn
 	$(BIN)/python benchmarks/log_likelihood_speed.py
 
 lint: $(STAMP)

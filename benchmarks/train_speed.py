@@ -1,0 +1,165 @@
+"""Training speed: ``pyro_vae.fit`` against a hand-written PyTorch VAE, side by side.
+
+    .venv/bin/python benchmarks/train_speed.py [--batch-size 256] [--z-dim 50] [--hidden 400]
+        [--particles 5] [--rounds 5] [--rows bncde] [--device cpu]
+
+Times one MNIST epoch (dynamically binarized, 784-H-Z softplus MLPs, Bernoulli likelihood,
+Adam lr 1e-3), alternating in one process, ``--rounds`` times each, of a plain PyTorch loop
+written below (encoder, reparameterized sample, decoder, binary cross-entropy with logits,
+KL, ``torch.optim.Adam``) against ``pyro_vae.fit``, row by row:
+
+(b) ``meanfield`` (KL in closed form), compiled (``jit=True``, as ``pyro-vae train`` runs it),
+    against (a) the plain loop with the KL in closed form;
+(n) the same without the JIT (``jit=False``, the library's default for any model);
+(c) ``trace`` (KL by sampling), compiled, against a plain loop with log q(z|x) - log p(z);
+(d) ``meanfield`` and (e) ``trace`` with ``--particles`` vectorized particles, compiled,
+    against a plain loop that draws as many samples per example and averages their bounds.
+
+Each round of each row starts both loops from the same initial parameters and seed, and the
+plain loop draws its noise in Pyro's order, so each pair computes the same numbers: the
+benchmark exits with status 1 if a pair's epoch losses differ by more than ``--tolerance``
+nats per example. It prints each row's medians and the ratio fit / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import VAE, Config, fit, load_dataset
+
+
+def plain_epoch(vae: VAE, data, config: Config, analytic_kl: bool) -> tuple[float, float]:
+    """One epoch of the hand-written VAE, starting from ``vae``'s parameters; returns
+    (seconds, mean negative ELBO per example)."""
+    # plain nn.Sequential MLPs with the VAE's initial weights
+    encoder, decoder = copy.deepcopy(vae.encoder.net), copy.deepcopy(vae.decoder.net)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=config.lr,
+                                 fused=True)  # as fit builds it
+    torch.manual_seed(config.seed)  # as fit does: same batches, binarizations and noise
+    generator = torch.Generator(device=config.device).manual_seed(config.seed)
+    s = config.particles
+    total, seen = 0.0, 0
+    start = time.perf_counter()
+    for x in data.batches("train", config.batch_size, generator):
+        loc, log_variance = encoder(x).chunk(2, dim=-1)
+        scale = (0.5 * log_variance).exp()
+        eps = torch.randn(loc.shape if s == 1 else (s, *loc.shape), device=x.device)
+        z = loc + scale * eps
+        logits = decoder(z)
+        reconstruction = F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="sum")
+        if analytic_kl:
+            kl = 0.5 * (loc.square() + scale.square() - 1 - log_variance).sum() * s
+        else:  # log q(z|x) - log p(z) at the samples; the log(2 pi) terms cancel
+            kl = (0.5 * (z.square() - eps.square()) - scale.log()).sum()
+        loss = (reconstruction + kl) / s
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total += loss.item()
+        seen += x.shape[0]
+    return time.perf_counter() - start, total / seen
+
+
+def pyro_epoch(vae: VAE, data, config: Config) -> tuple[float, float]:
+    """One epoch of ``pyro_vae.fit``; (seconds of its training loop, its train loss)."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        [record] = fit(vae.model, vae.guide, data, config, run_dir, quiet=True)
+    return record["seconds"], record["train_loss"]
+
+
+@dataclass
+class Row:
+    name: str
+    estimator: str
+    particles: int
+    jit: bool
+    plain: list[float] = field(default_factory=list)
+    pyro: list[float] = field(default_factory=list)
+    loss_gap: float = 0.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--z-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=400)
+    p.add_argument("--particles", type=int, default=5, help="particles of rows (d) and (e)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rows", default="bncde", help="which rows to run, e.g. 'bn'")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="largest allowed gap between a pair's epoch losses, nats per example")
+    args = p.parse_args()
+
+    pyro.enable_validation(False)  # as `pyro-vae train` runs; the tests run with it on
+    logging.getLogger("pyro").setLevel(logging.WARNING)  # not "Guessed max_plate_nesting"
+    data = load_dataset("mnist-binary").to(args.device)
+    k = args.particles
+    known = {
+        "b": Row("(b) meanfield", "meanfield", 1, jit=True),
+        "n": Row("(n) meanfield, no JIT", "meanfield", 1, jit=False),
+        "c": Row("(c) trace", "trace", 1, jit=True),
+        "d": Row(f"(d) meanfield x{k}", "meanfield", k, jit=True),
+        "e": Row(f"(e) trace x{k}", "trace", k, jit=True),
+    }
+    unknown = sorted(set(args.rows) - set(known))
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from: {', '.join(known)}")
+    rows = [known[r] for r in known if r in args.rows]
+    print(f"one epoch of {data.x_train.shape[0]} examples, batch {args.batch_size}, "
+          f"784-{args.hidden}-{args.z_dim} softplus, {args.device}, "
+          f"torch {torch.__version__}, pyro {pyro.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    for r in range(1, args.rounds + 1):
+        for row in rows:
+            config = Config(dataset="mnist-binary", z_dim=args.z_dim, hidden=[args.hidden],
+                            activation="softplus", elbo=row.estimator, particles=row.particles,
+                            jit=row.jit, batch_size=args.batch_size, epochs=1, lr=1e-3,
+                            device=args.device)
+            analytic = row.estimator == "meanfield"
+            # alternate which goes first, so that neither always runs on a warm cache
+            if r % 2:
+                t_plain, l_plain = plain_epoch(_vae(config), data, config, analytic)
+                t_pyro, l_pyro = pyro_epoch(_vae(config), data, config)
+            else:
+                t_pyro, l_pyro = pyro_epoch(_vae(config), data, config)
+                t_plain, l_plain = plain_epoch(_vae(config), data, config, analytic)
+            row.plain.append(t_plain)
+            row.pyro.append(t_pyro)
+            row.loss_gap = max(row.loss_gap, abs(l_plain - l_pyro))
+            print(f"round {r}  {row.name:24s} plain {t_plain:6.2f} s  fit {t_pyro:6.2f} s  "
+                  f"loss {l_plain:.4f} / {l_pyro:.4f}", flush=True)
+
+    print(f"\nbatch {args.batch_size}, medians of {args.rounds} rounds")
+    print(f"{'row':24s} {'plain s':>8s} {'fit s':>8s} {'ratio':>6s} {'loss gap':>9s}")
+    failed = []
+    for row in rows:
+        plain, ours = statistics.median(row.plain), statistics.median(row.pyro)
+        print(f"{row.name:24s} {plain:8.3f} {ours:8.3f} {ours / plain:6.3f} {row.loss_gap:9.4f}")
+        if row.loss_gap > args.tolerance:
+            failed.append(row.name)
+    if failed:
+        sys.exit(f"the epoch losses of {', '.join(failed)} differ by more than "
+                 f"{args.tolerance} nats per example: the two loops do not compute the same thing")
+
+
+def _vae(config: Config) -> VAE:
+    """The same freshly initialized VAE every time (fit trains its argument in place)."""
+    torch.manual_seed(config.seed)
+    return VAE(784, config.z_dim, config.hidden, config.activation).to(config.device)
+
+
+if __name__ == "__main__":
+    main()
