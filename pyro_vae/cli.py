@@ -5,6 +5,7 @@
     pyro-vae evaluate RUN_DIR
     pyro-vae sample RUN_DIR
     pyro-vae reconstruct RUN_DIR
+    pyro-vae plot RUN_DIR
     pyro-vae data fetch mnist
 """
 
@@ -124,27 +125,35 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    from .plots import image_grid
+    from .plots import samples
 
     config, vae, data = load_run(args.run_dir)
     pyro.set_rng_seed(args.seed)
-    path = image_grid(vae.sample(args.n), data.image_shape,
-                      args.out or Path(args.run_dir) / "figures" / "samples.png", ncol=8,
-                      title=f"decoder means of z ~ N(0, I), {config.likelihood}")
+    path = samples(vae.sample(args.n), data.image_shape,
+                   args.out or Path(args.run_dir) / "figures" / "samples.png",
+                   title=f"decoder means of z ~ N(0, I), {config.likelihood}")
     print(f"wrote {path}")
     return 0
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from .plots import image_grid
+    from .plots import reconstructions
 
-    config, vae, data = load_run(args.run_dir)
+    _, vae, data = load_run(args.run_dir)
     x = next(data.eval_batches(args.split, args.n))
-    path = image_grid(torch.cat([x, vae.reconstruct(x)]), data.image_shape,
-                      args.out or Path(args.run_dir) / "figures" / "reconstructions.png",
-                      ncol=x.shape[0], row_labels=["data", "reconstruction"],
-                      title=f"{args.split} data and reconstructions (decoder mean at E_q[z])")
+    path = reconstructions(x, vae.reconstruct(x), data.image_shape,
+                           args.out or Path(args.run_dir) / "figures" / "reconstructions.png",
+                           title=f"{args.split} data and reconstructions "
+                           "(decoder mean at E_q[z])")
     print(f"wrote {path}")
+    return 0
+
+
+def plot(args: argparse.Namespace) -> int:
+    from .plots import plot_run
+
+    for path in plot_run(args.run_dir, seed=args.seed):
+        print(f"wrote {path}")
     return 0
 
 
@@ -219,6 +228,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--n", type=int, default=12)
     r.add_argument("--split", choices=("test", "train"), default="test")
     r.add_argument("--out", help="PNG path (default: RUN_DIR/figures/reconstructions.png)")
+
+    p = commands.add_parser("plot", help="every figure of a run, into RUN_DIR/figures/")
+    p.set_defaults(command=plot)
+    p.add_argument("run_dir")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
 
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")

@@ -1,12 +1,20 @@
-"""Figures as PNG files, drawn with matplotlib's object-oriented API (no display needed)."""
+"""Figures as PNG files, drawn with matplotlib's object-oriented API (no display needed).
+
+Each function takes tensors (or metrics) and writes one PNG; :func:`plot_run` writes every
+figure that applies to a run directory into its ``figures/`` folder.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pyro
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 100
 
 
 def image_grid(
@@ -74,7 +82,7 @@ def _tile(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> torch.
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=DPI)
     return path
 
 
@@ -91,3 +99,147 @@ def kl_bars(kl: torch.Tensor, path: str | Path) -> Path:
     ax.set_title(f"KL(q(z_u|x) || N(0, 1)) per dimension, total {kl.sum().item():.2f} nats")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def learning_curves(
+    runs: dict[str, Sequence[dict]], path: str | Path, title: str | None = None
+) -> Path:
+    """Train (solid) and test (dashed) loss of each run against the epoch (left) and against
+    the cumulative training seconds (right). ``runs`` maps a label to a run's metrics, the
+    per-epoch dicts of ``metrics.jsonl``. 1000 x 420 pixels."""
+    fig = Figure(figsize=(10, 4.2))
+    by_epoch, by_time = fig.subplots(1, 2, sharey=True)
+    colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"] * 4)
+    for label, metrics in runs.items():
+        colour = next(colours)
+        epochs = [m["epoch"] for m in metrics]
+        seconds = torch.tensor([m["seconds"] for m in metrics]).cumsum(0).tolist()
+        for ax, t in ((by_epoch, epochs), (by_time, seconds)):
+            name = f"{label} " if label else ""
+            ax.plot(t, [m["train_loss"] for m in metrics], "-o", ms=3, color=colour,
+                    label=f"{name}train")
+            ax.plot(t, [m["test_loss"] for m in metrics], "--s", ms=3, color=colour,
+                    label=f"{name}test")
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("training time (s, cumulative)")
+    by_epoch.set_ylabel("negative ELBO (nats per example)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(loc="upper right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reconstructions(
+    x: torch.Tensor, x_hat: torch.Tensor, image_shape: Sequence[int], path: str | Path,
+    title: str = "data and reconstructions (decoder mean at E_q[z])",
+) -> Path:
+    """A row of data over the row of its reconstructions."""
+    return image_grid(torch.cat([x, x_hat]), image_shape, path, ncol=x.shape[0],
+                      row_labels=["data", "reconstruction"], title=title)
+
+
+def samples(
+    images: torch.Tensor, image_shape: Sequence[int], path: str | Path,
+    title: str = "decoder means of z ~ N(0, I)",
+) -> Path:
+    """Decoder means of prior draws in rows of 8 (an 8 x 8 grid for 64 draws)."""
+    return image_grid(images, image_shape, path, ncol=8, title=title)
+
+
+def latent_manifold(
+    decode: Callable[[torch.Tensor], torch.Tensor], image_shape: Sequence[int],
+    path: str | Path, n: int = 20, extent: float = 4.0,
+) -> Path:
+    """Decoder means on an ``n`` x ``n`` grid of a 2-D latent plane over
+    [-extent, extent]^2: z_1 grows to the right, z_2 upwards. 700 x 700 pixels."""
+    z1 = torch.linspace(-extent, extent, n)
+    z2 = torch.linspace(extent, -extent, n)  # top row first
+    rows, cols = torch.meshgrid(z2, z1, indexing="ij")
+    z = torch.stack([cols, rows], dim=-1).reshape(-1, 2)  # (z_1, z_2), row by row
+    with torch.no_grad():
+        canvas = _tile(decode(z), image_shape, ncol=n)
+    fig = Figure(figsize=(7, 7))
+    ax = fig.add_subplot()
+    half = extent * (1 + 1 / (n - 1))  # the grid points sit at the centres of the tiles
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+              extent=(-half, half, -half, half))
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(f"decoder means on a {n} x {n} grid over [-{extent:g}, {extent:g}]$^2$",
+                 fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def latent_embedding(
+    z: torch.Tensor, labels: torch.Tensor | None, path: str | Path,
+    title: str = "posterior means E_q[z | x] of the test set",
+) -> Path:
+    """A scatter of latent codes ``z`` (N, d) coloured by ``labels``, legend outside the
+    axes. For d > 2, the first two principal components of ``z``. 800 x 650 pixels."""
+    z = z.detach().float().cpu()
+    if z.shape[1] == 2:
+        xy, axis_names = z, ["$z_1$", "$z_2$"]
+    else:
+        centred = z - z.mean(0)
+        _, singular, vt = torch.linalg.svd(centred, full_matrices=False)
+        share = (singular**2 / (singular**2).sum() * 100).tolist()
+        xy = centred @ vt[:2].T
+        axis_names = [f"principal component {i + 1} ({share[i]:.0f}% of variance)"
+                      for i in range(2)]
+        title += f" ({z.shape[1]}-D, projected)"
+    fig = Figure(figsize=(8, 6.5))
+    ax = fig.add_subplot()
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5, color="tab:blue", rasterized=True)
+    else:
+        labels = labels.cpu()
+        colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                   "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+        for i, label in enumerate(labels.unique().tolist()):
+            chosen = labels == label
+            ax.scatter(xy[chosen, 0], xy[chosen, 1], s=2, alpha=0.5, label=str(label),
+                       color=colours[i % len(colours)], rasterized=True)
+        ax.legend(title="label", loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  markerscale=5, frameon=False)
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_run(run_dir: str | Path, seed: int = 0) -> list[Path]:
+    """Every figure that applies to a run directory, written into ``RUN_DIR/figures/``:
+    learning curves, reconstructions and samples always; the latent manifold for a 2-D
+    latent space; the embedding of the test set when its labels are known."""
+    from .train import load_run, read_metrics  # train imports this module for its curves
+
+    run_dir = Path(run_dir)
+    figures = run_dir / "figures"
+    config, vae, data = load_run(run_dir)
+    written = []
+    metrics = read_metrics(run_dir)
+    if metrics:
+        written.append(learning_curves({"": metrics}, figures / "learning_curves.png",
+                                       title=config.summary()))
+    x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
+    written.append(reconstructions(x[:12], vae.reconstruct(x[:12]), data.image_shape,
+                                   figures / "reconstructions.png"))
+    pyro.set_rng_seed(seed)
+    written.append(samples(vae.sample(64), data.image_shape, figures / "samples.png",
+                           title=f"decoder means of 64 draws z ~ N(0, I), {config.likelihood}"))
+    if vae.z_dim == 2:
+        mean = lambda z: vae.likelihood(vae.decoder(z)).mean  # noqa: E731
+        written.append(latent_manifold(mean, data.image_shape, figures / "latent_manifold.png"))
+    if data.y_test is not None:
+        with torch.no_grad():
+            z = torch.cat([vae.encoder(batch)[0] for batch in x.split(1000)])
+        written.append(latent_embedding(z, data.y_test, figures / "latent_embedding.png"))
+    return written
+

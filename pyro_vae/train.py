@@ -13,7 +13,8 @@ A run directory holds:
   epoch); losses in nats per example;
 - ``checkpoint.pt``: parameters, optimizer state, RNG states and epoch, written atomically
   after every epoch and read with ``torch.load(weights_only=True)``;
-- ``figures/``: PNGs written by the ``sample``/``reconstruct`` commands.
+- ``figures/``: ``learning_curves.png``, written at the end of training, and the figures of
+  ``pyro-vae plot`` (:func:`pyro_vae.plots.plot_run`).
 
 Resuming restores all of it, so a run interrupted after epoch k and resumed continues the
 same random stream and ends where the uninterrupted run ends.
@@ -41,7 +42,7 @@ from .estimators import make_elbo, mean_loss
 from .likelihoods import get_likelihood
 from .model import VAE
 
-CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
+CONFIG, METRICS, CHECKPOINT, FIGURES = "config.json", "metrics.jsonl", "checkpoint.pt", "figures"
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 RESUMABLE = ("epochs",)  # the only settings a resumed run may change
 
@@ -102,6 +103,11 @@ class Config:
         options = {"sigma": self.sigma, "min_scale": self.min_scale}
         given = {name: value for name, value in options.items() if value is not None}
         return get_likelihood(self.likelihood, **given)
+
+    def summary(self) -> str:
+        """One line for figure titles."""
+        return (f"{self.dataset}, {self.likelihood}, {self.elbo}, z_dim {self.z_dim}, "
+                f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}")
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
@@ -209,6 +215,11 @@ def fit(
         if not quiet:
             print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
                   f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
+    if metrics:
+        from .plots import learning_curves  # plots reads run directories through this module
+
+        learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png",
+                        title=config.summary())
     return metrics
 
 
