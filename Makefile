@@ -19,8 +19,7 @@ demo: $(STAMP)
 	$(BIN)/pyro-vae train --dataset mnist-binary --likelihood bernoulli --elbo meanfield \
 		--z-dim 20 --hidden 400 --batch-size 256 --epochs 3 --out runs/demo
 	$(BIN)/pyro-vae evaluate runs/demo --is-samples 100
-	$(BIN)/pyro-vae sample runs/demo
-	$(BIN)/pyro-vae reconstruct runs/demo
+	$(BIN)/pyro-vae plot runs/demo
 	@echo "demo done: figures in runs/demo/figures/, metrics in runs/demo/metrics.jsonl"
 
 test: $(STAMP)

@@ -39,3 +39,23 @@ def test_likelihood_study_quick(tmp_path):
     assert len({row["likelihood"] for row in rows}) >= 5  # the ill-posed gaussian may stop
     for png in ("reconstructions.png", "samples.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_latent2d_study_quick(tmp_path):
+    out = tmp_path / "latent2d"
+    script = ROOT / "experiments" / "latent2d.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    readme = (out / "README.md").read_text()
+    assert "| 152.1370 |" in readme and "| 151.3254 |" in readme  # the reference beside ours
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(row["run"], row["epoch"]) for row in rows} == {
+        (run, epoch) for run in ("sgd", "adam") for epoch in ("1", "2")}
+    assert all(100 < float(row["test_loss"]) < 400 for row in rows)
+    figures = ["reconstructions", "samples", "latent_manifold", "latent_embedding"]
+    for png in ["learning_curves.png"] + [f"{r}-{f}.png" for r in ("sgd", "adam") for f in figures]:
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+        assert f"]({png})" in readme  # every figure is embedded
