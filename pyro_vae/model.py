@@ -69,14 +69,17 @@ class VAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Means of :math:`p(x \\mid z)` for the latent codes ``z``."""
+        return self.likelihood(self.decoder(z)).mean
+
     def sample(self, n: int) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` for ``n`` draws :math:`z \\sim \\mathcal{N}(0, I)`."""
         device = next(self.decoder.parameters()).device
-        z = torch.randn(n, self.z_dim, device=device)
-        return self.likelihood(self.decoder(z)).mean
+        return self.decode(torch.randn(n, self.z_dim, device=device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` at the guide's posterior mean of ``z``."""
         loc, _ = self.encoder(x)
-        return self.likelihood(self.decoder(loc)).mean
+        return self.decode(loc)

@@ -218,10 +218,12 @@ def plot_run(run_dir: str | Path, seed: int = 0) -> list[Path]:
     """Every figure that applies to a run directory, written into ``RUN_DIR/figures/``:
     learning curves, reconstructions and samples always; the latent manifold for a 2-D
     latent space; the embedding of the test set when its labels are known."""
-    from .train import load_run, read_metrics  # train imports this module for its curves
+    # imported here: train imports this module for its learning curves
+    from .evaluate import posterior
+    from .train import FIGURES, load_run, read_metrics
 
     run_dir = Path(run_dir)
-    figures = run_dir / "figures"
+    figures = run_dir / FIGURES
     config, vae, data = load_run(run_dir)
     written = []
     metrics = read_metrics(run_dir)
@@ -235,11 +237,11 @@ def plot_run(run_dir: str | Path, seed: int = 0) -> list[Path]:
     written.append(samples(vae.sample(64), data.image_shape, figures / "samples.png",
                            title=f"decoder means of 64 draws z ~ N(0, I), {config.likelihood}"))
     if vae.z_dim == 2:
-        mean = lambda z: vae.likelihood(vae.decoder(z)).mean  # noqa: E731
-        written.append(latent_manifold(mean, data.image_shape, figures / "latent_manifold.png"))
+        written.append(latent_manifold(vae.decode, data.image_shape,
+                                       figures / "latent_manifold.png"))
     if data.y_test is not None:
         with torch.no_grad():
-            z = torch.cat([vae.encoder(batch)[0] for batch in x.split(1000)])
+            z = torch.cat([q.mean for q in posterior(vae.guide, x)])
         written.append(latent_embedding(z, data.y_test, figures / "latent_embedding.png"))
     return written
 

@@ -19,13 +19,19 @@ def _load(name: str):
     return module
 
 
-@pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the run
-def test_likelihood_study_quick(tmp_path):
-    out = tmp_path / "likelihoods"
-    script = ROOT / "experiments" / "likelihoods.py"
+def _run_quick(name: str, tmp_path: Path) -> Path:
+    """Run ``experiments/<name>.py --quick`` into a fresh folder; return that folder."""
+    out = tmp_path / name
+    script = ROOT / "experiments" / f"{name}.py"
     r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+@pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the run
+def test_likelihood_study_quick(tmp_path):
+    out = _run_quick("likelihoods", tmp_path)
     LIKELIHOODS = _load("likelihoods").LIKELIHOODS  # noqa: N806
     readme = (out / "README.md").read_text()
     for name in LIKELIHOODS:
@@ -43,11 +49,7 @@ def test_likelihood_study_quick(tmp_path):
 
 @pytest.mark.usefixtures("mnist_binary")
 def test_latent2d_study_quick(tmp_path):
-    out = tmp_path / "latent2d"
-    script = ROOT / "experiments" / "latent2d.py"
-    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    out = _run_quick("latent2d", tmp_path)
     readme = (out / "README.md").read_text()
     assert "| 152.1370 |" in readme and "| 151.3254 |" in readme  # the reference beside ours
     with open(out / "metrics.csv") as f:
