@@ -45,10 +45,13 @@ def elbo(
 ) -> float:
     r"""The ELBO :math:`\mathbb{E}_q[\log p(x, z) - \log q(z \mid x)]` of ``split`` in nats
     per example, with ``TraceMeanField_ELBO`` (closed-form KL where one is known), on one
-    fixed binarization (seed :data:`~pyro_vae.data.EVAL_SEED`) for binarized datasets."""
-    pyro.set_rng_seed(seed)
+    fixed binarization (seed :data:`~pyro_vae.data.EVAL_SEED`) for binarized datasets.
+    The latent draws come from ``seed``; the caller's random state is left as it was."""
     estimator = make_elbo("meanfield", num_particles=num_particles)
-    return -mean_loss(estimator, model, guide, data.eval_batches(split, batch_size, EVAL_SEED))
+    batches = data.eval_batches(split, batch_size, EVAL_SEED)
+    with torch.random.fork_rng(devices=[data.x_test.device] if data.x_test.is_cuda else []):
+        pyro.set_rng_seed(seed)
+        return -mean_loss(estimator, model, guide, batches)
 
 
 @torch.no_grad()

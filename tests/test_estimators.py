@@ -144,3 +144,35 @@ def test_jit_compiles_once_per_batch_shape(vae_and_x):
         assert math.isfinite(compiled.loss_and_grads(model, guide, batch))
     assert elbo._differentiable_loss is function and len(function.compiled) == 1
     assert sorted(compiled._by_shape) == [(5, 20), (8, 20)]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_renyi_bound_takes_the_log_mean_exp_per_data_point(vae_and_x, alpha):
+    # A batch's importance-weighted bound is a sum over data points of each point's own
+    # k-sample bound, (1 / (1 - alpha)) log (1/k) sum_i w_i^(1 - alpha), not one log-mean-exp
+    # of weights summed over the batch (a known pitfall of Renyi objectives with plates).
+    # Recompute it by hand from the very draws Pyro makes, with torch alone.
+    vae, x = vae_and_x
+    k = 7
+    elbo = make_elbo("iwae", num_particles=k) if alpha == 0 else make_elbo(
+        "renyi", num_particles=k, alpha=alpha)
+    elbo.loss(vae.model, vae.guide, x)  # the first call also guesses the plate nesting
+    pyro.set_rng_seed(1)
+    loss = elbo.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(1)
+    [(_, guide_trace)] = elbo._get_traces(vae.model, vae.guide, (x,), {})  # the same draws
+    z = guide_trace.nodes["z"]["value"].detach()
+    assert z.shape == (k, 8, 4)
+
+    with torch.no_grad():
+        loc, scale = vae.encoder(x)
+        logits = vae.decoder(z)
+        log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_lik = (x * logits - torch.nn.functional.softplus(logits)).sum(-1)
+    log_w = (1 - alpha) * (log_prior + log_lik - log_q)  # (k, n)
+    per_point = (torch.logsumexp(log_w, dim=0) - math.log(k)) / (1 - alpha)
+    assert loss == pytest.approx(-per_point.sum().item(), rel=1e-5)
+    # The pitfall, one log-mean-exp of the batch's summed weights, fails the same comparison.
+    pooled = (torch.logsumexp(log_w.sum(1), dim=0) - math.log(k)) / (1 - alpha)
+    assert loss != pytest.approx(-pooled.item(), rel=1e-5)

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE, make_elbo
-from pyro_vae.evaluate import active_units, gradient_snr, kl_per_dimension, log_likelihood
+from pyro_vae.evaluate import (
+    active_units,
+    elbo,
+    gradient_snr,
+    kl_per_dimension,
+    log_likelihood,
+)
 from pyro_vae.likelihoods import GaussianFixed
 
 D, LATENT, SIGMA = 4, 2, 0.5
@@ -71,9 +77,9 @@ def test_l1_is_the_elbo_and_lk_grows_with_k(ppca):
               for k in (1, 5, 50)}
     means = {k: b.mean().item() for k, b in bounds.items()}
     stderr = {k: (b.std() / math.sqrt(len(b))).item() for k, b in bounds.items()}
-    elbo = -make_elbo("trace", num_particles=20000).loss(ppca.vae.model, ppca.poor_guide,
+    bound = -make_elbo("trace", num_particles=20000).loss(ppca.vae.model, ppca.poor_guide,
                                                           ppca.x) / ppca.x.shape[0]
-    assert abs(means[1] - elbo) < 4 * stderr[1] + 0.02  # L_1 is the ELBO in expectation
+    assert abs(means[1] - bound) < 4 * stderr[1] + 0.02  # L_1 is the ELBO in expectation
     assert means[1] + 4 * stderr[1] < means[5]  # L_K grows with K ...
     assert means[5] + 4 * stderr[5] < means[50]
     assert means[50] < ppca.exact.mean().item() + 4 * stderr[50]  # ... below log p(x)
@@ -142,3 +148,15 @@ def test_gradient_snr_rises_and_variance_falls_with_particles():
     for group in ("encoder", "decoder"):
         assert many[group]["variance"] < one[group]["variance"] / 4  # about 16x lower
         assert many[group]["snr"] > one[group]["snr"]
+
+
+def test_elbo_is_seeded_and_leaves_the_callers_random_stream_alone(mnist_small):
+    vae = VAE(x_dim=784, z_dim=4, hidden=(16,))
+    data = mnist_small.subset(train=10, test=50)
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    first = elbo(vae.model, vae.guide, data)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert elbo(vae.model, vae.guide, data) == first
+    assert elbo(vae.model, vae.guide, data, seed=1) != first
