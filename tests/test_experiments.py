@@ -19,11 +19,11 @@ def _load(name: str):
     return module
 
 
-def _run_quick(name: str, tmp_path: Path) -> Path:
+def _run_quick(name: str, tmp_path: Path, *options: str) -> Path:
     """Run ``experiments/<name>.py --quick`` into a fresh folder; return that folder."""
     out = tmp_path / name
     script = ROOT / "experiments" / f"{name}.py"
-    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out), *options],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
@@ -61,3 +61,33 @@ def test_latent2d_study_quick(tmp_path):
     for png in ["learning_curves.png"] + [f"{r}-{f}.png" for r in ("sgd", "adam") for f in figures]:
         assert (out / png).read_bytes().startswith(b"\x89PNG")
         assert f"]({png})" in readme  # every figure is embedded
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_estimator_study_quick(tmp_path):
+    # Every estimator by bare name (the study's own configurations), plus one that cannot
+    # run: it must be reported with its error while the others go on.
+    study = _load("compare_estimators")
+    names = sorted({study.parse(c)[0] for c in study.CONFIGURATIONS})
+    out = _run_quick("compare_estimators", tmp_path, "--estimators", *names, "tail-adaptive-1")
+    readme = (out / "README.md").read_text()
+    for configuration in study.CONFIGURATIONS:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {configuration} |"))
+        assert "failed" not in row
+    assert "| tail-adaptive-1 | failed: ValueError: tail-adaptive ranks particles" in readme
+    with open(out / "metrics.csv") as f:
+        rows = {row["configuration"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {*study.CONFIGURATIONS, "tail-adaptive-1"}
+    for configuration in study.CONFIGURATIONS:
+        row = rows[configuration]
+        assert float(row["test_elbo"]) <= float(row["is20_log_likelihood"]) + 5 < 0
+        assert 0 <= int(row["active_units"]) <= 50
+        assert float(row["encoder_snr_end"]) > 0 and float(row["decoder_variance_start"]) > 0
+    assert rows["tail-adaptive-1"]["test_elbo"] == ""
+    with open(out / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert {(row["configuration"], row["epoch"]) for row in curves} == {
+        (c, e) for c in study.CONFIGURATIONS for e in ("1", "2")}  # the second epoch resumed
+    for png in ("log_likelihood_vs_time.png", "gradient_snr.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+        assert f"]({png})" in readme
