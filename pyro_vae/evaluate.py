@@ -89,11 +89,12 @@ def log_likelihood(
             xs = x[start : start + n_chunk]
             draws = [_draw_latents(guide, xs[i : i + 1], k, seed, start + i, nesting, plate)
                      for i in range(xs.shape[0])]
-            latents = {name: torch.cat([d[name][0] for d in draws], dim=draws[0][name][1])
-                       for name in draws[0]}
+            latents = {name: torch.cat([d[name][0] for d, _ in draws], dim=draws[0][0][name][1])
+                       for name in draws[0][0]}
+            log_q = torch.cat([q for _, q in draws], dim=1)
             log_w = torch.cat([
-                _log_weights(model, guide, xs, {s: v[j : j + k_chunk] for s, v in latents.items()},
-                             nesting, plate)
+                _log_joint(model, xs, {s: v[j : j + k_chunk] for s, v in latents.items()},
+                           nesting, plate) - log_q[j : j + k_chunk]
                 for j in range(0, k, k_chunk)
             ])
             result[start : start + xs.shape[0]] = torch.logsumexp(log_w, dim=0) - math.log(k)
@@ -110,31 +111,36 @@ def chunk_shape(num_samples: int, x_dim: int, memory_mb: float) -> tuple[int, in
     return n_chunk, max(1, min(num_samples, codes // n_chunk))
 
 
-def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> dict:
-    """Example ``index``'s k latent samples, from a stream of its own:
-    ``{site: (value, the value's data dimension)}``."""
+def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> tuple[dict, torch.Tensor]:
+    """Example ``index``'s k latent samples, from a stream of its own, and their
+    log q(z | x): ``({site: (value, the value's data dimension)}, (k, 1))``.
+    The guide scores its own draws: a flow guide never has to invert its transform."""
     # torch seeds its CPU generator with 32 bits: a golden-ratio step keeps the examples of
     # one seed on distinct streams and puts different seeds far apart.
     torch.manual_seed((seed * 0x9E3779B1 + index) % 2**32)
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
         trace = poutine.trace(guide).get_trace(x_i)
-    return {name: (site["value"], _data_dim(site, name, plate) - site["fn"].event_dim)
-            for name, site in _sample_sites(trace)}
+    latents = {name: (site["value"], _data_dim(site, name, plate) - site["fn"].event_dim)
+               for name, site in _sample_sites(trace)}
+    return latents, _log_prob_per_point(trace, plate)
 
 
-def _log_weights(model, guide, x, latents, nesting, plate) -> torch.Tensor:
-    """log p(x, z) - log q(z | x) for given latents, summed per data point: ``(k, n)``."""
+def _log_joint(model, x, latents, nesting, plate) -> torch.Tensor:
+    """log p(x, z) for given latents, summed per data point: ``(k, n)``."""
     k = next(iter(latents.values())).shape[0]
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
-        guide_trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(x)
         model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
-    log_w = 0.0
-    for trace, sign in ((model_trace, 1), (guide_trace, -1)):
-        trace.compute_log_prob()
-        for name, site in _sample_sites(trace):
-            log_p = site["log_prob"].movedim(_data_dim(site, name, plate), -1)
-            log_w = log_w + sign * log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
-    return log_w
+    return _log_prob_per_point(model_trace, plate)
+
+
+def _log_prob_per_point(trace, plate) -> torch.Tensor:
+    """The log-probabilities of a trace's sample sites, summed per data point: ``(k, n)``."""
+    trace.compute_log_prob()
+    total = 0.0
+    for name, site in _sample_sites(trace):
+        log_p = site["log_prob"].movedim(_data_dim(site, name, plate), -1)
+        total = total + log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
+    return total
 
 
 def _sample_sites(trace):
