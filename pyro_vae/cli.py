@@ -23,6 +23,7 @@ import pyro
 import torch
 
 from .data import DATASETS, EVAL_SEED, fetch, load_dataset
+from .distributed import World
 from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS
@@ -57,21 +58,30 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(Config)
              if getattr(args, f.name, None) is not None}
+    world = World.from_env(given.get("device", Config.device))  # several under torchrun
     if args.resume:
         run_dir = Path(args.resume)
-        config = replace(read_config(run_dir), **given)  # fit refuses changes but --epochs
+        saved = world.on_main(read_config, run_dir)  # only the main process reads the run
+        config = replace(saved, **given)  # fit refuses changes but --epochs and --jit
     else:
         given.setdefault("jit", given.get("elbo", Config.elbo) in COMPILABLE)
         config = Config(**given)
-        run_dir = Path(args.out or _default_run_dir(config))
+        run_dir = world.broadcast(Path(args.out or _default_run_dir(config)))
+    if world.size > 1 and args.jit is None:
+        config.jit = False  # a distributed run is not compiled (same numbers, see --jit)
     config.check()  # bad options fail here, before data is fetched or anything is written
+    world.check(config.elbo, config.jit)
+    if world.size > 1 and config.dataset in DATASETS:
+        world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset)
     vae = build_vae(config, data)
-    print(f"run directory: {run_dir}", flush=True)
+    if world.main:
+        print(f"run directory: {run_dir}" + (f" ({world.size} processes)" if world.size > 1
+                                             else ""), flush=True)
     metrics = fit(vae.model, vae.guide, data, config, run_dir,
                   resume=bool(args.resume), quiet=args.quiet)
-    if metrics:
+    if metrics and world.main:
         last = metrics[-1]
         print(f"final test loss: {last['test_loss']:.3f} nats per example after epoch "
               f"{last['epoch']} (the negative bound of estimator {config.elbo!r})")

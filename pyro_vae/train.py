@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,13 +39,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset, load_dataset
-from .estimators import make_elbo, mean_loss
+from .distributed import World, data_parallel_step
+from .estimators import make_elbo
 from .likelihoods import get_likelihood
 from .model import VAE
 
 CONFIG, METRICS, CHECKPOINT, FIGURES = "config.json", "metrics.jsonl", "checkpoint.pt", "figures"
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-RESUMABLE = ("epochs",)  # the only settings a resumed run may change
+RESUMABLE = ("epochs", "jit")  # settings a resumed run may change (jit: same numbers)
 
 
 class RunError(RuntimeError):
@@ -144,26 +146,25 @@ def fit(
     ``model(x)`` and ``guide(x)`` are any Pyro pair with the data plate inside. The param
     store is cleared first: every parameter comes from ``model``/``guide``. With ``resume``,
     the run in ``run_dir`` continues from its checkpoint up to ``config.epochs``.
+
+    Launched by torchrun, every process runs ``fit`` on its share of each batch
+    (:mod:`pyro_vae.distributed`); only the main process reads and writes ``run_dir``.
     """
     run_dir = Path(run_dir)
     config.check()
+    world = World.from_env(config.device)
+    world.check(config.elbo, config.jit)
     elbo = config.make_elbo()
-    if resume:
-        _check_same_run(read_config(run_dir), config, run_dir)
-        state = load_checkpoint(run_dir)
-    elif (run_dir / CHECKPOINT).exists():
-        raise RunError(
-            f"{run_dir} already holds a run; resume it (--resume {run_dir}) or pick another "
-            "output folder"
-        )
+    state = world.on_main(_open_run, run_dir, config, resume, world.size)
     data = data.to(config.device)
 
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     with pyro.validation_enabled(True):  # model/guide mistakes surface here, clearly named
         params = _create_params(elbo, model, guide, data)
-    # Training's random stream starts at the seed, whatever declaring the parameters drew.
-    pyro.set_rng_seed(config.seed)
+    # Training's random stream starts at the seed, whatever declaring the parameters drew;
+    # each process of a distributed run draws its own noise (seed + rank).
+    pyro.set_rng_seed(config.seed + world.rank)
     generator = torch.Generator(device=config.device).manual_seed(config.seed)
     # fused: the whole update in one kernel per parameter, about 4x faster on a CPU than
     # the default per-operation loop (benchmarks/README.md)
@@ -171,20 +172,25 @@ def fit(
     if resume:
         _restore_params(params, state["params"], run_dir / CHECKPOINT)
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"][world.rank])
         generator.set_state(state["rng"]["data"])
         if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        metrics = [m for m in read_metrics(run_dir) if m["epoch"] <= state["epoch"]]
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"][world.rank])
+        metrics = [m for m in state["metrics"] if m["epoch"] <= state["epoch"]]
         first_epoch = state["epoch"] + 1
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG, json.dumps(asdict(config), indent=2) + "\n")
+        if world.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / CONFIG, json.dumps(asdict(config), indent=2) + "\n")
         metrics, first_epoch = [], 1
-    # Drop epochs logged after the checkpoint (an interruption between the two writes).
-    atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+    if world.main:  # drop epochs logged after the checkpoint (an interrupted write)
+        atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+    if world.size > 1:
+        step = data_parallel_step(elbo, model, guide, params, world)
+    else:
+        step = partial(elbo.loss_and_grads, model, guide)
 
-    show_bar = not quiet and sys.stderr.isatty()
+    show_bar = not quiet and world.main and sys.stderr.isatty()
     n_train = data.x_train.shape[0]
     steps = math.ceil(n_train / config.batch_size)
     for epoch in range(first_epoch, config.epochs + 1):
@@ -194,9 +200,10 @@ def fit(
                    disable=not show_bar, leave=False)
         start, total, seen = time.perf_counter(), 0.0, 0
         batches = data.batches("train", config.batch_size, generator)
-        for step, x in enumerate(batches, start=1):
-            where = f"at epoch {epoch}, step {step}"
-            loss = _finite(where, kept, elbo.loss_and_grads, model, guide, x)
+        if world.size > 1:  # a last batch smaller than the world leaves a process nothing
+            batches = (x for x in batches if x.shape[0] >= world.size)
+        for i, x in enumerate(batches, start=1):
+            loss = _finite(f"at epoch {epoch}, step {i}", kept, step, x)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss
@@ -205,22 +212,57 @@ def fit(
             bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
         bar.close()
         seconds = time.perf_counter() - start
-        test_loss = _finite(f"on the test set after epoch {epoch}", kept, mean_loss,
-                            elbo, model, guide, data.eval_batches("test", config.batch_size))
+        test_loss = _finite(f"on the test set after epoch {epoch}", kept, _test_loss,
+                            elbo, model, guide, data, config.batch_size, world)
         record = dict(epoch=epoch, train_loss=total / seen, test_loss=test_loss, seconds=seconds)
         metrics.append(record)
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        _save_checkpoint(run_dir, epoch, params, optimizer, generator)
-        if not quiet:
-            print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
-                  f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
-    if metrics:
+        rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
+        if world.main:
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _save_checkpoint(run_dir, epoch, params, optimizer, generator, rng)
+            if not quiet:
+                print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
+                      f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
+    if metrics and world.main:
         from .plots import learning_curves  # plots reads run directories through this module
 
         learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png",
                         title=config.summary())
     return metrics
+
+
+def _open_run(run_dir: Path, config: Config, resume: bool, processes: int) -> dict | None:
+    """Check that ``run_dir`` can take a new run, or return the state to resume it from."""
+    if not resume:
+        if (run_dir / CHECKPOINT).exists():
+            raise RunError(f"{run_dir} already holds a run; resume it (--resume {run_dir}) or "
+                           "pick another output folder")
+        return None
+    _check_same_run(read_config(run_dir), config, run_dir)
+    state = load_checkpoint(run_dir)
+    trained_by = len(state["rng"]["torch"])
+    if trained_by != processes:
+        raise RunError(f"{run_dir} was trained by {trained_by} process(es); resume it with as "
+                       f"many (not {processes}): each continues its own random stream")
+    state["metrics"] = read_metrics(run_dir)
+    return state
+
+
+@torch.no_grad()
+def _test_loss(elbo, model, guide, data: Dataset, batch_size: int, world: World) -> float:
+    """The estimator's negative bound per test example (one fixed binarization), each
+    process taking its share of every batch."""
+    shards = [world.shard(x) for x in data.eval_batches("test", batch_size)]
+    local = sum(elbo.loss(model, guide, x) for x in shards if x.shape[0])
+    return world.sum(local) / data.x_test.shape[0]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Config, VAE, Dataset]:
@@ -276,19 +318,22 @@ def load_checkpoint(run_dir: Path) -> dict:
     missing = {"epoch", "params", "optimizer", "rng"} - keys
     if missing:
         raise RunError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
+    if torch.is_tensor(state["rng"]["torch"]):  # written by one process, before processes
+        state["rng"] = {key: [value] if key != "data" else value
+                        for key, value in state["rng"].items()}
     return state
 
 
-def _save_checkpoint(run_dir, epoch, params, optimizer, generator) -> None:
-    rng = {"torch": torch.get_rng_state(), "data": generator.get_state()}
-    if torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+def _save_checkpoint(run_dir, epoch, params, optimizer, generator, rng: list[dict]) -> None:
+    """``rng``: each process's random state, in rank order (one entry in one process)."""
     state = {
         "epoch": epoch,
         "params": {name: p.detach() for name, p in params.items()},
         "optimizer": optimizer.state_dict(),
-        "rng": rng,
+        "rng": {"torch": [r["torch"] for r in rng], "data": generator.get_state()},
     }
+    if "cuda" in rng[0]:
+        state["rng"]["cuda"] = [r["cuda"] for r in rng]
     atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
 
 

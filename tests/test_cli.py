@@ -56,6 +56,17 @@ def test_train_evaluate_sample_reconstruct_resume(small_npz, tmp_path, capsys):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+def test_an_uncompilable_run_resumes(small_npz, tmp_path):
+    # The JIT's default applies to new runs only: switched on when resuming an iwae run,
+    # it would refuse the run ("jit is available for trace, meanfield, graph only").
+    run = tmp_path / "run"
+    flags = ["--dataset", str(small_npz), "--z-dim", "5", "--hidden", "64", "--quiet"]
+    assert main(["train", *flags, "--elbo", "iwae", "--particles", "3", "--epochs", "1",
+                 "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 @pytest.mark.parametrize(
     "flag, value, choices",
     [("--likelihood", "poisson", LIKELIHOODS), ("--elbo", "vimco", ESTIMATORS)],

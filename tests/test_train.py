@@ -56,7 +56,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(mnist_small, tmp_path, jit
     assert params_a.keys() == params_b.keys()
     assert all(torch.equal(params_a[k], params_b[k]) for k in params_a)
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["torch"][0], b["rng"]["torch"][0])  # one process
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 

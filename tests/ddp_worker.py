@@ -1,0 +1,59 @@
+"""One process of a data-parallel training run, launched by tests/test_distributed.py with
+``python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py ...``.
+
+It trains through the real ``fit``; its optimizer also records, after every step, a hash of
+every parameter, and the gradient of the first step, into RECORDS/rank<r>.pt."""
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae import Config, fit, load_dataset
+from pyro_vae import train as train_module
+from pyro_vae.train import build_vae
+
+# The setting the test recomputes in one process.
+CONFIG = dict(dataset="mnist-binary", z_dim=8, hidden=[32], batch_size=100, elbo="meanfield",
+              lr=3e-3, seed=7)
+SUBSET = dict(train=2000, test=200)
+
+hashes, first_grads = [], {}
+
+
+class RecordingAdam(torch.optim.Adam):
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"]]
+        if not first_grads:
+            first_grads.update({i: p.grad.clone() for i, p in enumerate(params)})
+        result = super().step(closure)
+        flat = torch.cat([p.detach().flatten() for p in params])
+        hashes.append(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
+        return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--records", type=Path)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+
+    train_module.OPTIMIZERS["adam"] = RecordingAdam
+    data = load_dataset("mnist-binary").subset(**SUBSET)
+    config = Config(**CONFIG, epochs=args.epochs)
+    pyro.set_rng_seed(config.seed)
+    vae = build_vae(config, data)
+    metrics = fit(vae.model, vae.guide, data, config, args.out, resume=args.resume, quiet=True)
+    if args.records:
+        args.records.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(hashes=hashes, first_grads=first_grads, metrics=metrics),
+                   args.records / f"rank{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Data-parallel training: two CPU processes (gloo), launched by PyTorch's own launcher,
+train exactly as one process would on the same global batches."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import Config, fit, make_elbo
+from pyro_vae.train import CHECKPOINT, CONFIG, FIGURES, METRICS, build_vae
+
+ROOT = Path(__file__).resolve().parents[1]
+# The stated tolerance: two processes draw the latent noise of each batch's halves from
+# seeds 7 and 8, one process all of it from seed 7, so the two runs differ by their noise
+# only. Measured on this setting (2,000 images, 3 epochs): one process trained from the same
+# weights with six noise seeds ends with test losses 5.9 nats apart at the extremes.
+TEST_LOSS_TOLERANCE = 8.0  # nats per example
+
+
+def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                          cwd=ROOT)
+
+
+def _worker_module():
+    spec = importlib.util.spec_from_file_location("ddp_worker", ROOT / "tests" / "ddp_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the launch
+def test_two_processes_train_as_one(mnist_binary, tmp_path):
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+    r = _torchrun(worker, "--out", str(tmp_path / "run"), "--records", str(tmp_path / "records"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [torch.load(tmp_path / "records" / f"rank{i}.pt") for i in range(2)]
+    settings = _worker_module()
+    steps = 3 * settings.SUBSET["train"] // settings.CONFIG["batch_size"]
+
+    # Both processes hold identical parameters after every step.
+    assert len(records[0]["hashes"]) == steps
+    assert records[0]["hashes"] == records[1]["hashes"]
+
+    # The gradient DDP averaged is the gradient of the global batch, computed here in one
+    # process from the same noise: each half drawn from its process's seed.
+    data = mnist_binary.subset(**settings.SUBSET)
+    config = Config(**settings.CONFIG, epochs=3)
+    pyro.set_rng_seed(config.seed)
+    vae = build_vae(config, data)
+    generator = torch.Generator().manual_seed(config.seed)
+    x = next(data.batches("train", config.batch_size, generator))
+    loss = 0.0
+    for rank, half in enumerate(x.tensor_split(2)):
+        pyro.set_rng_seed(config.seed + rank)
+        loss = loss + make_elbo("meanfield").differentiable_loss(vae.model, vae.guide, half)
+    loss.backward()
+    params = dict(sorted(pyro.get_param_store().named_parameters()))  # fit's optimizer order
+    for i, p in enumerate(params.values()):
+        assert torch.allclose(records[0]["first_grads"][i], p.grad, rtol=1e-4, atol=1e-4), i
+
+    # One run directory, written by one process: one line per epoch, one checkpoint.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "run"]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, METRICS, CHECKPOINT, FIGURES])
+    assert len((run / METRICS).read_text().splitlines()) == 3
+
+    # The same training in one process ends within the stated tolerance.
+    pyro.set_rng_seed(config.seed)
+    vae = build_vae(config, data)
+    alone = fit(vae.model, vae.guide, data, config, tmp_path / "alone", quiet=True)
+    together = records[0]["metrics"]
+    assert abs(alone[-1]["test_loss"] - together[-1]["test_loss"]) < TEST_LOSS_TOLERANCE
+    assert together[-1]["test_loss"] < together[0]["test_loss"] - 5  # and it did train
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_a_distributed_run_resumes_exactly(tmp_path):
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+    straight = _torchrun(worker, "--out", str(tmp_path / "a"), "--records", str(tmp_path / "ra"))
+    first = _torchrun(worker, "--out", str(tmp_path / "b"), "--epochs", "2")
+    resumed = _torchrun(worker, "--out", str(tmp_path / "b"), "--resume",
+                        "--records", str(tmp_path / "rb"))
+    for r in (straight, first, resumed):
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = torch.load(tmp_path / "ra" / "rank0.pt"), torch.load(tmp_path / "rb" / "rank1.pt")
+    strip = lambda ms: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
+    assert strip(a["metrics"]) == strip(b["metrics"])  # epoch 3 recomputed after the resume
+    assert a["hashes"][-1] == b["hashes"][-1]
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_the_cli_runs_under_torchrun(tmp_path):
+    run = tmp_path / "run"
+    r = _torchrun("-m", "pyro_vae.cli", "train", "--dataset", "mnist-binary", "--z-dim", "8",
+                  "--hidden", "32", "--batch-size", "1000", "--epochs", "1", "--quiet",
+                  "--out", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run directory:") == 1 and "(2 processes)" in r.stdout
+    assert len((run / METRICS).read_text().splitlines()) == 1
+    resumed = _torchrun("-m", "pyro_vae.cli", "train", "--resume", str(run), "--epochs", "2",
+                        "--quiet", processes=1)
+    assert resumed.returncode == 1 and "trained by 2 process(es)" in resumed.stderr
+    assert len((run / METRICS).read_text().splitlines()) == 1  # nothing lost or overwritten
+
+
+def test_estimators_that_cannot_be_split_fail_at_launch(tmp_path):
+    r = _torchrun("-m", "pyro_vae.cli", "train", "--elbo", "iwae", "--particles", "5",
+                  "--out", str(tmp_path / "run"))
+    assert r.returncode != 0
+    assert "'iwae' cannot train distributed (2 processes): only trace, meanfield" in r.stderr
+    assert not (tmp_path / "run").exists()
