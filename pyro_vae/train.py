@@ -318,7 +318,9 @@ def load_checkpoint(run_dir: Path) -> dict:
     missing = {"epoch", "params", "optimizer", "rng"} - keys
     if missing:
         raise RunError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
-    if torch.is_tensor(state["rng"]["torch"]):  # written by one process, before processes
+    if not isinstance(state["rng"], dict) or {"torch", "data"} - set(state["rng"]):
+        raise RunError(f"{path} is not a pyro-vae checkpoint (its random states are missing)")
+    if torch.is_tensor(state["rng"]["torch"]):  # one state per run, before processes
         state["rng"] = {key: [value] if key != "data" else value
                         for key, value in state["rng"].items()}
     return state

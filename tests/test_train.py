@@ -165,3 +165,17 @@ def test_likelihood_options_reach_the_likelihood_or_are_refused():
     assert Config(likelihood="gaussian-fixed", sigma=0.2).make_likelihood().sigma == 0.2
     with pytest.raises(ValueError, match="'bernoulli' does not take options \\['min_scale'\\]"):
         Config(likelihood="bernoulli", min_scale=0.1).check()
+
+
+def test_a_checkpoint_with_one_random_state_per_run_still_resumes(mnist_small, tmp_path):
+    # Checkpoints written before distributed training held the torch RNG state itself, not
+    # a list of one state per process.
+    data = mnist_small.subset(train=200, test=100)
+    _, straight = _train(data, tmp_path / "a", epochs=2)
+    _train(data, tmp_path / "b", epochs=1)
+    path = tmp_path / "b" / CHECKPOINT
+    state = torch.load(path, weights_only=True)
+    state["rng"]["torch"] = state["rng"]["torch"][0]
+    torch.save(state, path)
+    _, resumed = _train(data, tmp_path / "b", resume=True, epochs=2)
+    assert resumed[-1]["test_loss"] == straight[-1]["test_loss"]
