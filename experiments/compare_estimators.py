@@ -1,7 +1,7 @@
 """Estimator study: the same VAE trained under every ELBO estimator at an equal budget, side by
 side on bound, likelihood, gradient noise and time.
 
-    .venv/bin/python experiments/compare_estimators.py           # 10 configurations, ~30 min
+    .venv/bin/python experiments/compare_estimators.py           # 10 configurations, ~25 min
     .venv/bin/python experiments/compare_estimators.py --estimators meanfield iwae-50
     .venv/bin/python experiments/compare_estimators.py --quick   # seconds (tests)
 
@@ -25,7 +25,8 @@ uncompiled, so that the seconds compare the estimators, not Pyro's JIT, which on
 trace/meanfield/graph have.
 
 Writes results/estimators/: README.md (table, what it says, the paper's numbers), metrics.csv,
-curves.csv, log_likelihood_vs_time.png, gradient_snr.png; run directories go to runs/.
+curves.csv, log_likelihood_vs_time.png, gradient_snr.png; the run directories go to
+results/estimators/runs/ (not committed).
 """
 
 import argparse
