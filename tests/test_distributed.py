@@ -1,20 +1,18 @@
 """Data-parallel training: two CPU processes (gloo), launched by PyTorch's own launcher,
 train exactly as one process would on the same global batches."""
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyro
 import pytest
 import torch
+from scripts import ROOT, load_script
 
 from pyro_vae import Config, fit, make_elbo
 from pyro_vae.train import CHECKPOINT, CONFIG, FIGURES, METRICS, build_vae
 
-ROOT = Path(__file__).resolve().parents[1]
 # The stated tolerance: two processes draw the latent noise of each batch's halves from
 # seeds 7 and 8, one process all of it from seed 7, so the two runs differ by their noise
 # only. Measured on this setting (2,000 images, 3 epochs): one process trained from the same
@@ -30,20 +28,13 @@ def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-def _worker_module():
-    spec = importlib.util.spec_from_file_location("ddp_worker", ROOT / "tests" / "ddp_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the launch
 def test_two_processes_train_as_one(mnist_binary, tmp_path):
     worker = str(ROOT / "tests" / "ddp_worker.py")
     r = _torchrun(worker, "--out", str(tmp_path / "run"), "--records", str(tmp_path / "records"))
     assert r.returncode == 0, r.stderr[-3000:]
     records = [torch.load(tmp_path / "records" / f"rank{i}.pt") for i in range(2)]
-    settings = _worker_module()
+    settings = load_script(ROOT / "tests" / "ddp_worker.py")
     steps = 3 * settings.SUBSET["train"] // settings.CONFIG["batch_size"]
 
     # Both processes hold identical parameters after every step.

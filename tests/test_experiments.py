@@ -1,32 +1,19 @@
 """Every experiment runs end to end in its --quick mode and writes what it promises."""
 
 import csv
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from scripts import ROOT, load_script, run_quick
 
-ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
 
 
 def _load(name: str):
-    """An experiment script as a module, for the constants it defines."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXPERIMENTS / f"{name}.py")
 
 
-def _run_quick(name: str, tmp_path: Path, *options: str) -> Path:
-    """Run ``experiments/<name>.py --quick`` into a fresh folder; return that folder."""
-    out = tmp_path / name
-    script = ROOT / "experiments" / f"{name}.py"
-    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out), *options],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
+def _run_quick(name: str, tmp_path, *options: str):
+    return run_quick(EXPERIMENTS / f"{name}.py", tmp_path / name, *options)
 
 
 @pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the run

@@ -2,19 +2,16 @@
 and each edit does what its header says."""
 
 import csv
-import importlib.util
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pyro
 import pytest
 import torch
+from scripts import ROOT, load_script, run_quick
 
 from pyro_vae import VAE, log_likelihood, make_elbo
 
-FOLDER = Path(__file__).resolve().parents[1] / "experiments" / "extending"
+FOLDER = ROOT / "experiments" / "extending"
 SCRIPTS = {  # script -> (figure, number of rows)
     "kl_annealing": ("kl_per_dimension.png", 3),
     "learned_prior": ("samples.png", 2),
@@ -24,14 +21,7 @@ SCRIPTS = {  # script -> (figure, number of rows)
 
 
 def _load(name: str):
-    sys.path.insert(0, str(FOLDER))  # the scripts import their shared module, common.py
-    try:
-        spec = importlib.util.spec_from_file_location(name, FOLDER / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(FOLDER))
-    return module
+    return load_script(FOLDER / f"{name}.py")
 
 
 @pytest.fixture
@@ -44,10 +34,7 @@ def tiny():
 @pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the runs
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick(name, tmp_path):
-    out = tmp_path / name
-    r = subprocess.run([sys.executable, str(FOLDER / f"{name}.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    out = run_quick(FOLDER / f"{name}.py", tmp_path / name)
     figure, n_rows = SCRIPTS[name]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
