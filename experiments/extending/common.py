@@ -11,6 +11,7 @@ from pathlib import Path
 import pyro
 
 from pyro_vae import Config, active_units, elbo, fit, load_dataset, log_likelihood
+from pyro_vae.train import build_vae
 
 # The base VAE: `pyro-vae train`'s defaults, uncompiled (a compiled trace would freeze the
 # annealing factor of kl_annealing.py), 10 epochs.
@@ -48,6 +49,14 @@ def load(args, dataset: str = "mnist-binary"):
 
 def config(args, **changes) -> Config:
     return Config(**{**BASE, **changes}, epochs=args.epochs, seed=args.seed)
+
+
+def build(config: Config, data, args, edit=None):
+    """The base VAE that ``config`` describes, built from the run's seed, so that every run
+    of a script starts from the same networks; ``edit(vae)`` turns it into the edited one."""
+    pyro.set_rng_seed(args.seed)
+    vae = build_vae(config, data)
+    return edit(vae) if edit else vae
 
 
 def train(name: str, vae, data, config: Config, out: Path, resume: bool = False) -> list[dict]:

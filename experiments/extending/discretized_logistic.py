@@ -27,12 +27,11 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from common import arguments, config, load, measure, train, write
+from common import arguments, build, config, load, measure, train, write
 from torch.distributions import constraints
 
 from pyro_vae import VAE
 from pyro_vae.plots import image_panels
-from pyro_vae.train import build_vae
 
 HALF_BIN = 0.5 / 255
 
@@ -96,10 +95,7 @@ def main():
             "logistic": ("discretized logistic (8-bit MNIST)", grey,
                          config(args, dataset="mnist"))}
     for run, (name, data, cfg) in runs.items():
-        pyro.set_rng_seed(args.seed)
-        vae = build_vae(cfg, data)  # the same initial networks for both runs
-        if run == "logistic":
-            vae = DiscretizedLogisticVAE(vae)
+        vae = build(cfg, data, args, DiscretizedLogisticVAE if run == "logistic" else None)
         metrics = train(run, vae, data, cfg, args.out)
         rows.append(measure(name, vae, data, args, metrics))
         x = next(data.eval_batches("test", 10))

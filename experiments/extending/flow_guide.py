@@ -25,12 +25,11 @@ Writes results/extending/flow_guide/: README.md, metrics.csv, learning_curves.pn
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
-from common import arguments, config, load, measure, train, write
+from common import arguments, build, config, load, measure, train, write
 from torch import nn
 
 from pyro_vae import VAE
 from pyro_vae.plots import learning_curves
-from pyro_vae.train import build_vae
 
 FLOWS, FLOW_HIDDEN = 2, [200]
 
@@ -60,10 +59,7 @@ def main():
     rows, curves = [], {}
     runs = {"base": "Gaussian guide (base VAE)", "iaf": f"Gaussian + {FLOWS} IAF guide"}
     for run, name in runs.items():
-        pyro.set_rng_seed(args.seed)
-        vae = build_vae(cfg, data)  # the same initial networks for both runs
-        if run == "iaf":
-            vae = FlowGuideVAE(vae)
+        vae = build(cfg, data, args, FlowGuideVAE if run == "iaf" else None)
         curves[name] = train(run, vae, data, cfg, args.out)
         rows.append(measure(name, vae, data, args, curves[name]))
     learning_curves(curves, args.out / "learning_curves.png",

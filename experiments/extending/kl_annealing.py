@@ -24,11 +24,10 @@ Writes results/extending/kl_annealing/: README.md, metrics.csv, kl_per_dimension
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
-from common import arguments, config, load, measure, train, write
+from common import arguments, build, config, load, measure, train, write
 from matplotlib.figure import Figure
 
 from pyro_vae import VAE, kl_per_dimension
-from pyro_vae.train import build_vae
 
 WARMUP_EPOCHS = 5
 
@@ -62,8 +61,7 @@ class AnnealedVAE(VAE):
 
 def run(run_dir, name, schedule, data, args):
     cfg = config(args)
-    pyro.set_rng_seed(args.seed)
-    vae = AnnealedVAE(build_vae(cfg, data))  # the same initial networks for every run
+    vae = build(cfg, data, args, AnnealedVAE)
     for epoch in range(1, args.epochs + 1):  # fit resumes exactly: beta changes in between
         vae.beta, cfg.epochs = schedule(epoch), epoch
         metrics = train(run_dir, vae, data, cfg, args.out, resume=epoch > 1)

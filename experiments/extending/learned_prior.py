@@ -27,12 +27,11 @@ Writes results/extending/learned_prior/: README.md, metrics.csv, samples.png.
 import pyro
 import pyro.distributions as dist
 import torch
-from common import arguments, config, load, measure, train, write
+from common import arguments, build, config, load, measure, train, write
 from torch import nn
 
 from pyro_vae import VAE
 from pyro_vae.plots import image_panels
-from pyro_vae.train import build_vae
 
 COMPONENTS = 10
 
@@ -79,10 +78,7 @@ def main():
     rows, samples = [], {}
     runs = {"base": "N(0, I) prior (base VAE)", "mixture": f"mixture of {COMPONENTS} Gaussians"}
     for run, name in runs.items():
-        pyro.set_rng_seed(args.seed)
-        vae = build_vae(cfg, data)  # the same initial networks for both runs
-        if run == "mixture":
-            vae = MixturePriorVAE(vae)
+        vae = build(cfg, data, args, MixturePriorVAE if run == "mixture" else None)
         metrics = train(run, vae, data, cfg, args.out)
         rows.append(measure(name, vae, data, args, metrics))
         pyro.set_rng_seed(args.seed)
