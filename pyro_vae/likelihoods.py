@@ -31,6 +31,10 @@ class Likelihood(nn.Module):
     def check(self, x: torch.Tensor) -> None:
         """Called by the model with the observed data; warns about ill-suited data."""
 
+    def options(self) -> dict:
+        """The keyword arguments this likelihood was built with (``get_likelihood``'s)."""
+        return {}
+
 
 class _BernoulliLogMass(torch.autograd.Function):
     r""":math:`x\,l - \mathrm{softplus}(l)` with its gradient :math:`x - \sigma(l)` in one pass.
@@ -121,6 +125,9 @@ class Gaussian(Likelihood):
                 stacklevel=3,
             )
 
+    def options(self) -> dict:
+        return {"min_scale": self.min_scale}
+
     def forward(self, params: torch.Tensor) -> dist.Distribution:
         loc, log_variance = params.chunk(2, dim=-1)
         return dist.Normal(loc, self.min_scale + (0.5 * log_variance).exp()).to_event(1)
@@ -136,6 +143,9 @@ class GaussianFixed(Likelihood):
         if not (sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"gaussian-fixed needs sigma > 0, got {sigma}")
         self.sigma = float(sigma)
+
+    def options(self) -> dict:
+        return {"sigma": self.sigma}
 
     def forward(self, loc: torch.Tensor) -> dist.Distribution:
         return dist.Normal(loc, torch.full_like(loc, self.sigma)).to_event(1)
@@ -209,6 +219,11 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
     "gaussian-shared": GaussianShared,
     "laplace": Laplace,
 }
+
+
+def likelihood_name(likelihood: Likelihood) -> str | None:
+    """The name ``likelihood``'s class is registered under (None for any other class)."""
+    return next((name for name, cls in LIKELIHOODS.items() if type(likelihood) is cls), None)
 
 
 def get_likelihood(name: str, **options) -> Likelihood:

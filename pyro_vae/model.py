@@ -11,6 +11,10 @@ Amortized guide:
 
 ``model`` and ``guide`` are plain Pyro functions of ``x`` alone, so any ELBO estimator
 trains them and :func:`pyro_vae.fit` treats them like any user's model/guide pair.
+
+A VAE built from its arguments alone records them (``vae.spec``), so that a run directory
+can rebuild it; one given its own ``encoder``/``decoder`` modules, or a subclass, cannot
+say how it was built: make it through :func:`pyro_vae.build_model` instead.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .likelihoods import Likelihood, get_likelihood
+from .likelihoods import Likelihood, get_likelihood, likelihood_name
 from .networks import Decoder, Encoder
+from .spec import ModelSpec
 
 
 class VAE(nn.Module):
@@ -31,6 +36,8 @@ class VAE(nn.Module):
 
     A custom encoder maps ``x (..., x_dim)`` to ``(loc, scale)``, each ``(..., z_dim)``;
     a custom decoder maps ``z`` to ``likelihood.params_per_dim * x_dim`` numbers.
+    ``likelihood`` is a name with its ``likelihood_options`` (``sigma`` of gaussian-fixed,
+    ``min_scale`` of gaussian), or a :class:`~pyro_vae.likelihoods.Likelihood`.
     """
 
     def __init__(
@@ -40,18 +47,32 @@ class VAE(nn.Module):
         hidden: Sequence[int] = (400,),
         activation: str = "relu",
         likelihood: str | Likelihood = "bernoulli",
+        likelihood_options: dict | None = None,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
     ):
         super().__init__()
         self.z_dim = z_dim
-        self.likelihood = get_likelihood(likelihood) if isinstance(likelihood, str) else likelihood
+        if isinstance(likelihood, str):
+            likelihood = get_likelihood(likelihood, **(likelihood_options or {}))
+        elif likelihood_options:
+            raise ValueError("likelihood_options go with a likelihood given by name")
+        self.likelihood = likelihood
         out_dim = x_dim * self.likelihood.params_per_dim
+        # Only what the arguments alone build can be rebuilt from them.
+        rebuildable = (type(self) is VAE and encoder is None and decoder is None
+                       and likelihood_name(self.likelihood) is not None)
         if encoder is None:
             encoder = Encoder(x_dim, hidden, z_dim, activation)
         if decoder is None:
             decoder = Decoder(z_dim, tuple(reversed(hidden)), out_dim, activation)
         self.encoder, self.decoder = encoder, decoder
+        self.spec: ModelSpec | None = None
+        if rebuildable:
+            self.spec = ModelSpec("pyro_vae.model:VAE", dict(
+                x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), activation=activation,
+                likelihood=likelihood_name(self.likelihood),
+                likelihood_options=self.likelihood.options()))
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)
