@@ -1,26 +1,36 @@
 """pyro-vae: variational autoencoders as Pyro model/guide pairs, trained with SVI."""
 
+from .callbacks import Callback, TensorBoard
+from .config import Config
 from .data import DATASETS, DataError, Dataset, fetch, load_dataset
 from .estimators import ESTIMATORS, make_elbo
 from .evaluate import active_units, elbo, gradient_snr, kl_per_dimension, log_likelihood
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import VAE
 from .networks import Decoder, Encoder
-from .train import Config, RunError, fit, load_run
+from .rundir import RunError, load_run
+from .schedules import SCHEDULES
+from .spec import ModelSpec, build_model
+from .train import fit
 
 __all__ = [
     "DATASETS",
     "ESTIMATORS",
     "LIKELIHOODS",
+    "SCHEDULES",
+    "Callback",
     "Config",
     "DataError",
     "Dataset",
     "Decoder",
     "Encoder",
     "Likelihood",
+    "ModelSpec",
     "RunError",
+    "TensorBoard",
     "VAE",
     "active_units",
+    "build_model",
     "elbo",
     "fetch",
     "fit",

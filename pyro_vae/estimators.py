@@ -54,7 +54,7 @@ class TailAdaptiveELBO(TraceTailAdaptive_ELBO):
         return Trace_ELBO.loss(self, model, guide, *args, **kwargs)
 
 
-class Compiled:
+class Compiled(ELBO):
     r"""A Pyro JIT estimator made a drop-in replacement for its uncompiled twin.
 
     Pyro's ``JitTrace*_ELBO`` trace the model and guide once with ``torch.jit.trace`` and
@@ -78,9 +78,13 @@ class Compiled:
     """
 
     def __init__(self, make: Callable[[], ELBO]):
+        template = make()
+        super().__init__(num_particles=template.num_particles,
+                         vectorize_particles=template.vectorize_particles)
         self._make = make
         self._by_shape: dict[tuple[int, ...], ELBO] = {}
-        self._uncompiled_loss = make().loss  # the JIT classes' ``loss`` is not compiled
+        self._uncompiled_loss = template.loss  # the JIT classes' ``loss`` is not compiled
+        self.compiles = type(template).__name__
 
     def loss_and_grads(self, model: Callable, guide: Callable, x: torch.Tensor) -> float:
         elbo = self._by_shape.get(tuple(x.shape))
@@ -92,6 +96,10 @@ class Compiled:
 
     def loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> float:
         return self._uncompiled_loss(model, guide, x)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("a compiled estimator replays Pyro's JIT estimators; it "
+                                  "has no traces of its own")
 
     @staticmethod
     def _compile(elbo: ELBO, model: Callable, guide: Callable, x: torch.Tensor) -> None:
@@ -113,6 +121,16 @@ class JitMeanFieldELBO(JitTraceMeanField_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         self._loss_and_surrogate_loss = getattr(self, "_differentiable_loss", None)
         return super().differentiable_loss(model, guide, *args, **kwargs)
+
+
+def describe(elbo: ELBO) -> str:
+    """One line naming an estimator object and its options, recorded in a run directory."""
+    options = {"num_particles": elbo.num_particles,
+               "vectorize_particles": elbo.vectorize_particles}
+    if getattr(elbo, "alpha", None) is not None:
+        options["alpha"] = elbo.alpha
+    name = f"Compiled({elbo.compiles})" if isinstance(elbo, Compiled) else type(elbo).__name__
+    return f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
 
 
 ESTIMATORS: dict[str, str] = {

@@ -1,135 +1,59 @@
 """``fit``: stochastic variational inference for any model/guide pair, in a run directory.
 
 One step is Pyro's SVI step written out: ``elbo.loss_and_grads`` (any estimator) puts the
-gradient of the surrogate loss on every parameter in the param store, then one
-``torch.optim`` optimizer over all of them takes a step.
+gradient of the surrogate loss on every parameter in the param store, the gradient is
+clipped if asked, then one ``torch.optim`` optimizer over all of them takes a step. After
+each epoch: the test loss, the learning-rate schedule's step, the callbacks
+(:mod:`pyro_vae.callbacks`), a line of metrics and an atomic checkpoint
+(:mod:`pyro_vae.rundir` describes the files).
 
-A run directory holds:
-
-- ``config.json``: the :class:`Config` of the run;
-- ``metrics.jsonl``: one JSON object per epoch: ``epoch``, ``train_loss`` (the estimator's
-  negative bound averaged over the epoch's batches while training), ``test_loss`` (the same
-  estimator on the test split, one fixed binarization), ``seconds`` (training time of the
-  epoch); losses in nats per example;
-- ``checkpoint.pt``: parameters, optimizer state, RNG states and epoch, written atomically
-  after every epoch and read with ``torch.load(weights_only=True)``;
-- ``figures/``: ``learning_curves.png``, written at the end of training, and the figures of
-  ``pyro-vae plot`` (:func:`pyro_vae.plots.plot_run`).
-
-Resuming restores all of it, so a run interrupted after epoch k and resumed continues the
-same random stream and ends where the uninterrupted run ends.
+Resuming restores everything (parameters, optimizer, schedule, random states), so a run
+interrupted after epoch k and resumed continues the same random stream and ends where the
+uninterrupted run ends. One process at a time writes a run directory: a second ``fit`` on
+it stops at once.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import ELBO
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
-from .data import Dataset, load_dataset
+from .config import OPTIMIZERS, RESUMABLE, Config
+from .data import Dataset
 from .distributed import World, data_parallel_step
-from .estimators import make_elbo
-from .likelihoods import get_likelihood
-from .model import VAE
-
-CONFIG, METRICS, CHECKPOINT, FIGURES = "config.json", "metrics.jsonl", "checkpoint.pt", "figures"
-OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-RESUMABLE = ("epochs", "jit")  # settings a resumed run may change (jit: same numbers)
-
-
-class RunError(RuntimeError):
-    """A run directory, checkpoint or training run that cannot go on; the message says why."""
-
-
-@dataclass
-class Config:
-    """Everything that defines a run: data, model, estimator, optimizer."""
-
-    dataset: str = "mnist-binary"
-    likelihood: str = "bernoulli"
-    sigma: float | None = None  # the fixed scale of 'gaussian-fixed'
-    min_scale: float | None = None  # the scale floor of 'gaussian'
-    z_dim: int = 50
-    hidden: list[int] = field(default_factory=lambda: [400])  # decoder uses them reversed
-    activation: str = "relu"
-    elbo: str = "meanfield"
-    particles: int = 1
-    vectorize: bool = True  # vectorize particles (a no-op for one particle)
-    alpha: float | None = None  # the order of 'renyi'
-    # Compile the loss with Pyro's JIT: for static models only, see estimators.Compiled.
-    # Off by default for any model/guide pair; `pyro-vae train` turns it on for its VAE.
-    jit: bool = False
-    optimizer: str = "adam"
-    # The step follows the gradient of the batch's *summed* negative bound, as Pyro's SVI
-    # does: with SGD the effective step grows with the batch size; Adam does not care.
-    lr: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 10
-    seed: int = 0
-    device: str = "cpu"
-
-    def check(self) -> None:
-        """Raise ``ValueError`` naming the first setting that cannot work."""
-        for name in ("z_dim", "particles", "batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be at least 1, got {self.hidden}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}"
-            )
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available")
-        self.make_elbo()
-        self.make_likelihood()
-
-    def make_elbo(self):
-        return make_elbo(self.elbo, self.particles, self.vectorize, self.jit, self.alpha)
-
-    def make_likelihood(self):
-        options = {"sigma": self.sigma, "min_scale": self.min_scale}
-        given = {name: value for name, value in options.items() if value is not None}
-        return get_likelihood(self.likelihood, **given)
-
-    def summary(self) -> str:
-        """One line for figure titles."""
-        return (f"{self.dataset}, {self.likelihood}, {self.elbo}, z_dim {self.z_dim}, "
-                f"{self.optimizer} lr {self.lr:g}, batch {self.batch_size}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Config:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**d)
-
-
-def build_vae(config: Config, data: Dataset) -> VAE:
-    """The VAE that ``config`` describes, sized for ``data``, on ``config.device``."""
-    vae = VAE(
-        x_dim=data.x_dim,
-        z_dim=config.z_dim,
-        hidden=config.hidden,
-        activation=config.activation,
-        likelihood=config.make_likelihood(),
-    )
-    return vae.to(config.device)
+from .estimators import describe
+from .plots import learning_curves
+from .rundir import (
+    CHECKPOINT,
+    FIGURES,
+    RunError,
+    append_metrics,
+    load_checkpoint,
+    read_config,
+    read_metrics,
+    read_model,
+    restore_params,
+    save_checkpoint,
+    write_config,
+    write_metrics,
+    write_model,
+    writer_lock,
+)
+from .schedules import SCHEDULES
+from .spec import ModelSpec
 
 
 def fit(
@@ -140,22 +64,59 @@ def fit(
     run_dir: str | Path,
     resume: bool = False,
     quiet: bool = False,
+    *,
+    elbo: ELBO | None = None,
+    lr_scheduler: Callable[[torch.optim.Optimizer], LRScheduler] | None = None,
+    callbacks: Sequence = (),
 ) -> list[dict]:
     """Train ``model``/``guide`` on ``data`` by SVI and return the per-epoch metrics.
 
-    ``model(x)`` and ``guide(x)`` are any Pyro pair with the data plate inside. The param
-    store is cleared first: every parameter comes from ``model``/``guide``. With ``resume``,
-    the run in ``run_dir`` continues from its checkpoint up to ``config.epochs``.
+    ``model(x)`` and ``guide(x)`` are any Pyro pair with the data plate inside. When both
+    are methods of one object with a ``spec`` (a :class:`pyro_vae.VAE`, or anything made by
+    :func:`pyro_vae.build_model`), the run directory records it, and ``load_run`` rebuilds
+    that model. The param store is cleared first: every parameter comes from
+    ``model``/``guide``. With ``resume``, the run in ``run_dir`` continues from its
+    checkpoint up to ``config.epochs``.
+
+    - ``elbo``: any estimator object (a Pyro ``ELBO`` or one of :mod:`pyro_vae.estimators`)
+      in place of ``config.elbo``; the run records its description.
+    - ``lr_scheduler``: ``optimizer -> torch.optim.lr_scheduler`` object, stepped once per
+      epoch, in place of ``config.schedule`` (a name).
+    - ``callbacks``: objects with ``before_epoch``/``after_epoch`` (:mod:`pyro_vae.callbacks`).
 
     Launched by torchrun, every process runs ``fit`` on its share of each batch
     (:mod:`pyro_vae.distributed`); only the main process reads and writes ``run_dir``.
     """
     run_dir = Path(run_dir)
+    if elbo is not None:  # the object decides; the config says so
+        config = replace(config, elbo=None, particles=elbo.num_particles,
+                         vectorize=elbo.vectorize_particles, alpha=getattr(elbo, "alpha", None),
+                         jit=False)
+    elif config.elbo is None:
+        raise ValueError("config.elbo is None: pass the estimator object as fit(..., elbo=...)")
+    if lr_scheduler is not None and config.schedule is not None:
+        raise ValueError(f"a schedule by name ({config.schedule!r}) and an lr_scheduler object "
+                         "were both given: pass one")
     config.check()
+    elbo = elbo if elbo is not None else config.make_elbo()
+    make_scheduler = lr_scheduler or SCHEDULES.get(config.schedule)
+    recorded = {"estimator": describe(elbo),
+                "lr_scheduler": _scheduler_name(lr_scheduler) if lr_scheduler else None}
     world = World.from_env(config.device)
-    world.check(config.elbo, config.jit)
-    elbo = config.make_elbo()
-    state = world.on_main(_open_run, run_dir, config, resume, world.size)
+    world.check(config.elbo or describe(elbo), config.jit)
+    with ExitStack() as held:
+        world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
+        for callback in callbacks:
+            if hasattr(callback, "close"):
+                held.callback(callback.close)
+        return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
+                      make_scheduler, callbacks, recorded, world)
+
+
+def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
+           callbacks, recorded, world) -> list[dict]:
+    spec = _spec_of(model, guide)
+    state = world.on_main(_open_run, run_dir, config, recorded, spec, resume, world.size)
     data = data.to(config.device)
 
     pyro.clear_param_store()
@@ -167,11 +128,14 @@ def fit(
     pyro.set_rng_seed(config.seed + world.rank)
     generator = torch.Generator(device=config.device).manual_seed(config.seed)
     # fused: the whole update in one kernel per parameter, about 4x faster on a CPU than
-    # the default per-operation loop (benchmarks/README.md)
+    # the default per-operation loop (benchmarks/README.md); torch >= 2.4 on CPUs
     optimizer = OPTIMIZERS[config.optimizer](params.values(), lr=config.lr, fused=True)
+    scheduler = make_scheduler(optimizer) if make_scheduler else None
     if resume:
-        _restore_params(params, state["params"], run_dir / CHECKPOINT)
+        restore_params(params, state["params"], run_dir / CHECKPOINT)
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"][world.rank])
         generator.set_state(state["rng"]["data"])
         if "cuda" in state["rng"]:
@@ -180,15 +144,16 @@ def fit(
         first_epoch = state["epoch"] + 1
     else:
         if world.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / CONFIG, json.dumps(asdict(config), indent=2) + "\n")
+            write_config(run_dir, config, recorded)
+            write_model(run_dir, spec)
         metrics, first_epoch = [], 1
     if world.main:  # drop epochs logged after the checkpoint (an interrupted write)
-        atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+        write_metrics(run_dir, metrics)
     if world.size > 1:
         step = data_parallel_step(elbo, model, guide, params, world)
     else:
         step = partial(elbo.loss_and_grads, model, guide)
+    devices = [config.device] if config.device.startswith("cuda") else []
 
     show_bar = not quiet and world.main and sys.stderr.isatty()
     n_train = data.x_train.shape[0]
@@ -196,6 +161,11 @@ def fit(
     for epoch in range(first_epoch, config.epochs + 1):
         kept = (f"The checkpoint in {run_dir} is the last good one (epoch {epoch - 1})."
                 if epoch > 1 else "No checkpoint was written.")
+        for callback in callbacks:
+            if hasattr(callback, "before_epoch"):
+                with torch.random.fork_rng(devices=devices):
+                    callback.before_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                    disable=not show_bar, leave=False)
         start, total, seen = time.perf_counter(), 0.0, 0
@@ -204,6 +174,8 @@ def fit(
             batches = (x for x in batches if x.shape[0] >= world.size)
         for i, x in enumerate(batches, start=1):
             loss = _finite(f"at epoch {epoch}, step {i}", kept, step, x)
+            if config.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params.values(), config.clip_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss
@@ -212,41 +184,79 @@ def fit(
             bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
         bar.close()
         seconds = time.perf_counter() - start
+        if scheduler is not None:
+            scheduler.step()
         test_loss = _finite(f"on the test set after epoch {epoch}", kept, _test_loss,
                             elbo, model, guide, data, config.batch_size, world)
-        record = dict(epoch=epoch, train_loss=total / seen, test_loss=test_loss, seconds=seconds)
+        record = dict(epoch=epoch, train_loss=total / seen, test_loss=test_loss,
+                      seconds=seconds, lr=lr)
+        for callback in callbacks:
+            if hasattr(callback, "after_epoch"):
+                with torch.random.fork_rng(devices=devices):
+                    record.update(callback.after_epoch(epoch, dict(record)) or {})
         metrics.append(record)
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
         if world.main:
-            with open(run_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            _save_checkpoint(run_dir, epoch, params, optimizer, generator, rng)
+            append_metrics(run_dir, record)
+            save_checkpoint(run_dir, _checkpoint(epoch, params, optimizer, scheduler,
+                                                 generator, rng))
             if not quiet:
                 print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
                       f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
     if metrics and world.main:
-        from .plots import learning_curves  # plots reads run directories through this module
-
-        learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png",
-                        title=config.summary())
+        title = f"{spec.short_name if spec else 'own model'}: {config.summary()}"
+        learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png", title=title)
     return metrics
 
 
-def _open_run(run_dir: Path, config: Config, resume: bool, processes: int) -> dict | None:
+def _spec_of(model: Callable, guide: Callable) -> ModelSpec | None:
+    """The spec of the object whose methods ``model`` and ``guide`` are, if it has one."""
+    owner = getattr(model, "__self__", None)
+    if owner is None or getattr(guide, "__self__", None) is not owner:
+        return None
+    return getattr(owner, "spec", None)
+
+
+def _scheduler_name(make: Callable) -> str:
+    return getattr(make, "__qualname__", type(make).__qualname__)
+
+
+def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | None,
+              resume: bool, processes: int) -> dict | None:
     """Check that ``run_dir`` can take a new run, or return the state to resume it from."""
     if not resume:
         if (run_dir / CHECKPOINT).exists():
             raise RunError(f"{run_dir} already holds a run; resume it (--resume {run_dir}) or "
                            "pick another output folder")
         return None
-    _check_same_run(read_config(run_dir), config, run_dir)
+    saved, saved_recorded = read_config(run_dir)
+    _check_same_run(saved, saved_recorded, config, recorded, run_dir)
+    saved_spec = read_model(run_dir)
+    if saved_spec != spec:
+        raise RunError(f"cannot resume {run_dir} with another model: it holds "
+                       f"{saved_spec or 'a model without a spec'}, given {spec or 'one without'}")
     state = load_checkpoint(run_dir)
     trained_by = len(state["rng"]["torch"])
     if trained_by != processes:
         raise RunError(f"{run_dir} was trained by {trained_by} process(es); resume it with as "
                        f"many (not {processes}): each continues its own random stream")
+    if (config.schedule or recorded["lr_scheduler"]) and "scheduler" not in state:
+        raise RunError(f"{run_dir / CHECKPOINT} holds no learning-rate schedule state")
     state["metrics"] = read_metrics(run_dir)
     return state
+
+
+def _check_same_run(saved: Config, saved_recorded: dict, config: Config, recorded: dict,
+                    run_dir: Path) -> None:
+    changed = [f.name for f in fields(Config)
+               if f.name not in RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
+    changed += [key for key in recorded if key != "estimator" or config.elbo is None
+                if saved_recorded.get(key) != recorded[key]]
+    if changed:
+        raise RunError(
+            f"cannot resume {run_dir} with different settings {changed}; a resumed run may "
+            f"change only {', '.join(RESUMABLE)}"
+        )
 
 
 @torch.no_grad()
@@ -265,68 +275,7 @@ def _rng_state() -> dict:
     return state
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Config, VAE, Dataset]:
-    """Rebuild a CLI-trained run: its config, its VAE with the checkpoint's parameters, and
-    its dataset, all on ``device`` (default: the run's own)."""
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    state = load_checkpoint(run_dir)
-    if device is not None:
-        config.device = device
-    data = load_dataset(config.dataset).to(config.device)
-    vae = build_vae(config, data)
-    pyro.clear_param_store()
-    _restore_params(_create_params(config.make_elbo(), vae.model, vae.guide, data), state["params"],
-                    run_dir / CHECKPOINT)
-    return config, vae, data
-
-
-# --------------------------------------------------------------------------- run directory
-
-
-def read_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
-    try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise RunError(f"{path} is corrupt: {e}") from e
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as e:
-        raise RunError(f"{path} is corrupt: {e}") from e
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    """The checkpoint of ``run_dir``, read as data only (``weights_only=True``)."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise RunError(f"{run_dir} has no {CHECKPOINT}: it is not a run directory, or no "
-                       "epoch has finished yet")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - zip, pickle and I/O errors alike
-        raise RunError(f"{path} is corrupt or truncated and cannot be read ({e})") from e
-    keys = set(state) if isinstance(state, dict) else set()
-    missing = {"epoch", "params", "optimizer", "rng"} - keys
-    if missing:
-        raise RunError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
-    if not isinstance(state["rng"], dict) or {"torch", "data"} - set(state["rng"]):
-        raise RunError(f"{path} is not a pyro-vae checkpoint (its random states are missing)")
-    if torch.is_tensor(state["rng"]["torch"]):  # one state per run, before processes
-        state["rng"] = {key: [value] if key != "data" else value
-                        for key, value in state["rng"].items()}
-    return state
-
-
-def _save_checkpoint(run_dir, epoch, params, optimizer, generator, rng: list[dict]) -> None:
+def _checkpoint(epoch, params, optimizer, scheduler, generator, rng: list[dict]) -> dict:
     """``rng``: each process's random state, in rank order (one entry in one process)."""
     state = {
         "epoch": epoch,
@@ -334,9 +283,11 @@ def _save_checkpoint(run_dir, epoch, params, optimizer, generator, rng: list[dic
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": [r["torch"] for r in rng], "data": generator.get_state()},
     }
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     if "cuda" in rng[0]:
         state["rng"]["cuda"] = [r["cuda"] for r in rng]
-    atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+    return state
 
 
 def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> float:
@@ -352,31 +303,6 @@ def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> floa
     return value
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through a temporary file and ``os.replace``: a reader, or a crash,
-    sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _check_same_run(saved: Config, config: Config, run_dir: Path) -> None:
-    changed = [f.name for f in fields(Config)
-               if f.name not in RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
-    if changed:
-        raise RunError(
-            f"cannot resume {run_dir} with different settings {changed}; a resumed run may "
-            f"change only {', '.join(RESUMABLE)}"
-        )
-
-
 def _create_params(
     elbo, model: Callable, guide: Callable, data: Dataset
 ) -> dict[str, torch.Tensor]:
@@ -388,19 +314,3 @@ def _create_params(
     with poutine.block():
         elbo.loss(model, guide, x)
     return dict(sorted(pyro.get_param_store().named_parameters()))
-
-
-def _restore_params(params: dict[str, torch.Tensor], saved: dict, path: Path) -> None:
-    if set(params) != set(saved):
-        raise RunError(
-            f"{path} does not fit this model: parameters missing from it "
-            f"{sorted(set(params) - set(saved))}, "
-            f"unexpected in it {sorted(set(saved) - set(params))}"
-        )
-    for name, p in params.items():
-        if p.shape != saved[name].shape:
-            raise RunError(f"{path}: parameter {name} has shape {tuple(saved[name].shape)}, "
-                           f"the model's has {tuple(p.shape)}")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name])
