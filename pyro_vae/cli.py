@@ -2,7 +2,8 @@
 
     pyro-vae train --dataset mnist-binary --likelihood bernoulli --elbo meanfield --epochs 10
     pyro-vae train --resume RUN_DIR [--epochs N]
-    pyro-vae evaluate RUN_DIR
+    pyro-vae train --model my_model.py:make_vae --model-args '{"z_dim": 10}' --elbo trace
+    pyro-vae evaluate RUN_DIR [--model my_model.py:make_vae] [--device cpu]
     pyro-vae sample RUN_DIR
     pyro-vae reconstruct RUN_DIR
     pyro-vae plot RUN_DIR
@@ -22,21 +23,23 @@ from pathlib import Path
 import pyro
 import torch
 
+from .callbacks import TensorBoard
+from .config import OPTIMIZERS, Config
 from .data import DATASETS, EVAL_SEED, fetch, load_dataset
 from .distributed import World
 from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
+from .model import VAE
 from .networks import ACTIVATIONS
-from .train import (
-    OPTIMIZERS,
-    Config,
-    RunError,
-    atomic_write_text,
-    build_vae,
-    fit,
-    load_run,
-    read_config,
-)
+from .rundir import RunError, atomic_write_text, load_run, read_config, read_model
+from .schedules import SCHEDULES
+from .spec import build_model, rebuild, resolve
+from .train import fit
+
+# The flags that describe the built-in VAE (the model), apart from how it trains (Config).
+VAE_FLAGS = {"likelihood": "likelihood", "sigma": "likelihood_options",
+             "min_scale": "likelihood_options", "z_dim": "z_dim", "hidden": "hidden",
+             "activation": "activation"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,29 +61,52 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(Config)
              if getattr(args, f.name, None) is not None}
+    vae_flags = [name for name in VAE_FLAGS if getattr(args, name) is not None]
     world = World.from_env(given.get("device", Config.device))  # several under torchrun
     if args.resume:
+        if vae_flags or args.model_args is not None:
+            raise ValueError(f"a resumed run keeps its model: drop {_flags(vae_flags) or ''}"
+                             f"{' --model-args' if args.model_args is not None else ''}")
         run_dir = Path(args.resume)
-        saved = world.on_main(read_config, run_dir)  # only the main process reads the run
+        saved, _ = world.on_main(read_config, run_dir)  # only the main process reads the run
         config = replace(saved, **given)  # fit refuses changes but --epochs and --jit
+        spec = world.on_main(read_model, run_dir)
+        if spec is None:
+            raise RunError(f"{run_dir} does not record how its model was built: resume it "
+                           "from Python with fit(..., resume=True) and the same model/guide")
     else:
-        given.setdefault("jit", given.get("elbo", Config.elbo) in COMPILABLE)
+        if args.model and vae_flags:
+            raise ValueError(f"{_flags(vae_flags)} describe the built-in VAE; a model from "
+                             "--model takes its arguments from --model-args (a JSON object)")
+        # A compiled trace is exact for the built-in VAE, which is static; not assumed of others.
+        given.setdefault("jit", not args.model and given.get("elbo", Config.elbo) in COMPILABLE)
         config = Config(**given)
-        run_dir = world.broadcast(Path(args.out or _default_run_dir(config)))
+        run_dir = world.broadcast(Path(args.out or _default_run_dir(config, args)))
     if world.size > 1 and args.jit is None:
         config.jit = False  # a distributed run is not compiled (same numbers, see --jit)
     config.check()  # bad options fail here, before data is fetched or anything is written
+    model_args = _json_object(args.model_args)  # and so do bad model options
+    if args.model:
+        resolve(args.model)
+    elif not args.resume:
+        _vae(args, x_dim=1)
     world.check(config.elbo, config.jit)
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset)
-    vae = build_vae(config, data)
+    if args.resume:
+        built = rebuild(spec, args.model)
+    elif args.model:
+        built = build_model(args.model, **model_args)
+    else:
+        built = _vae(args, data.x_dim)
+    callbacks = [TensorBoard(run_dir / "tensorboard")] if args.tensorboard and world.main else []
     if world.main:
         print(f"run directory: {run_dir}" + (f" ({world.size} processes)" if world.size > 1
                                              else ""), flush=True)
-    metrics = fit(vae.model, vae.guide, data, config, run_dir,
-                  resume=bool(args.resume), quiet=args.quiet)
+    metrics = fit(built.model, built.guide, data, config, run_dir,
+                  resume=bool(args.resume), quiet=args.quiet, callbacks=callbacks)
     if metrics and world.main:
         last = metrics[-1]
         print(f"final test loss: {last['test_loss']:.3f} nats per example after epoch "
@@ -88,21 +114,73 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vae(args: argparse.Namespace, x_dim: int) -> VAE:
+    """The built-in VAE of the flags given (VAE's defaults for the others)."""
+    options = {name: getattr(args, name) for name in ("sigma", "min_scale")
+               if getattr(args, name) is not None}
+    arguments = {name: getattr(args, name) for name in ("likelihood", "z_dim", "hidden",
+                                                         "activation")
+                 if getattr(args, name) is not None}
+    if arguments.get("z_dim", 1) < 1:
+        raise ValueError(f"z_dim must be at least 1, got {arguments['z_dim']}")
+    if any(h < 1 for h in arguments.get("hidden", [1])):
+        raise ValueError(f"hidden sizes must be at least 1, got {arguments['hidden']}")
+    return VAE(x_dim=x_dim, likelihood_options=options, **arguments)
+
+
+def _flags(names: list[str]) -> str:
+    return " ".join(f"--{name.replace('_', '-')}" for name in names)
+
+
+def _json_object(text: str | None) -> dict:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--model-args is not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-args must be a JSON object of keyword arguments, got {text!r}")
+    return value
+
+
 def evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import active_units, elbo, kl_per_dimension, log_likelihood
+    from .evaluate import (
+        active_units,
+        elbo,
+        kl_per_dimension,
+        log_likelihood,
+        standard_normal_prior,
+    )
     from .plots import kl_bars
 
     start = time.perf_counter()
     run_dir = Path(args.run_dir)
-    _, vae, data = load_run(run_dir)
+    _, built, data = load_run(run_dir, args.model, args.device)
+    model, guide = built.model, built.guide
+    if args.examples is not None:
+        data = data.subset(**{args.split: args.examples})
     x = torch.cat(list(data.eval_batches(args.split, 1000)))  # one fixed binarization
     binarization = f"one fixed draw, seed {EVAL_SEED}" if data.binarize else "none"
-    bound = elbo(vae.model, vae.guide, data, split=args.split)
-    ll = log_likelihood(vae.model, vae.guide, x, num_samples=args.is_samples, seed=args.seed,
+    bound = elbo(model, guide, data, split=args.split)
+    ll = log_likelihood(model, guide, x, num_samples=args.is_samples, seed=args.seed,
                         memory_mb=args.memory_mb, progress=sys.stderr.isatty())
     ll_mean, ll_stderr = ll.mean().item(), (ll.std() / len(ll) ** 0.5).item()
-    active, variances = active_units(vae.guide, x)
-    kl = kl_per_dimension(vae.guide, x)
+    skipped = []
+    try:
+        active, variances = active_units(guide, x)
+    except ValueError as e:
+        active, variances = None, None
+        skipped.append(f"active units: no posterior mean at site 'z' ({e})")
+    kl = None
+    if not standard_normal_prior(model, x):
+        skipped.append("KL per dimension: the model's prior at 'z' is not N(0, I), the prior "
+                       "it is measured against")
+    else:
+        try:
+            kl = kl_per_dimension(guide, x)
+        except ValueError as e:
+            skipped.append(f"KL per dimension: {e}")
     result = {
         "split": args.split,
         "examples": x.shape[0],
@@ -115,43 +193,56 @@ def evaluate(args: argparse.Namespace) -> int:
         "gap": ll_mean - bound,
         "active_units": active,
         "active_unit_threshold": 0.01,
-        "posterior_mean_variances": variances.tolist(),
-        "kl_per_dimension": kl.tolist(),
+        "posterior_mean_variances": None if variances is None else variances.tolist(),
+        "kl_per_dimension": None if kl is None else kl.tolist(),
+        "skipped": skipped,
         "seconds": time.perf_counter() - start,
     }
     atomic_write_text(run_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
-    figure = kl_bars(kl, run_dir / "figures" / "kl_per_dimension.png")
     print(f"{args.split} split, {x.shape[0]} examples, binarization: {binarization}")
     print(f"  ELBO                        {bound:10.3f} nats per example "
           f"({result['elbo_estimator']})")
     print(f"  IS-{args.is_samples} log-likelihood   {ll_mean:10.3f} +- {ll_stderr:.3f} "
           f"(standard error; seed {args.seed})")
     print(f"  gap log p(x) - ELBO         {result['gap']:10.3f}")
-    print(f"  active units                {active:10d} of {len(kl)} (Cov_x E[z_u|x] > 0.01)")
-    print(f"  KL term                     {kl.sum().item():10.3f} nats (per dimension: {figure})")
+    if active is not None:
+        print(f"  active units                {active:10d} of {len(variances)} "
+              "(Cov_x E[z_u|x] > 0.01)")
+    if kl is not None:
+        figure = kl_bars(kl, run_dir / "figures" / "kl_per_dimension.png")
+        print(f"  KL term                     {kl.sum().item():10.3f} nats "
+              f"(per dimension: {figure})")
     print(f"  wall time                   {result['seconds']:10.1f} s")
+    for line in skipped:
+        print(f"skipped {line}")
     print(f"wrote {run_dir / 'evaluation.json'}")
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
+    from .evaluate import prior_means
     from .plots import samples
 
-    config, vae, data = load_run(args.run_dir)
+    _, built, data = load_run(args.run_dir, args.model, args.device)
+    _require_images(data, "sample")
+    x = next(data.eval_batches("test", args.n))
     pyro.set_rng_seed(args.seed)
-    path = samples(vae.sample(args.n), data.image_shape,
+    path = samples(prior_means(built.model, x, args.n), data.image_shape,
                    args.out or Path(args.run_dir) / "figures" / "samples.png",
-                   title=f"decoder means of z ~ N(0, I), {config.likelihood}")
+                   title="decoder means of z ~ p(z)")
     print(f"wrote {path}")
     return 0
 
 
 def reconstruct(args: argparse.Namespace) -> int:
+    from .evaluate import reconstruction_means
     from .plots import reconstructions
 
-    _, vae, data = load_run(args.run_dir)
+    _, built, data = load_run(args.run_dir, args.model, args.device)
+    _require_images(data, "reconstruct")
     x = next(data.eval_batches(args.split, args.n))
-    path = reconstructions(x, vae.reconstruct(x), data.image_shape,
+    path = reconstructions(x, reconstruction_means(built.model, built.guide, x),
+                           data.image_shape,
                            args.out or Path(args.run_dir) / "figures" / "reconstructions.png",
                            title=f"{args.split} data and reconstructions "
                            "(decoder mean at E_q[z])")
@@ -159,11 +250,21 @@ def reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_images(data, command: str) -> None:
+    if data.image_shape is None or len(data.image_shape) != 2:
+        raise ValueError(f"{command} draws images, and {data.name} holds vectors of "
+                         f"{data.x_dim} numbers")
+
+
 def plot(args: argparse.Namespace) -> int:
     from .plots import plot_run
 
-    for path in plot_run(args.run_dir, seed=args.seed):
+    written, skipped = plot_run(args.run_dir, seed=args.seed, factory=args.model,
+                                device=args.device)
+    for path in written:
         print(f"wrote {path}")
+    for line in skipped:
+        print(f"skipped {line}")
     return 0
 
 
@@ -173,30 +274,44 @@ def data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_run_dir(config: Config) -> Path:
+def _default_run_dir(config: Config, args: argparse.Namespace) -> Path:
     stem = Path(config.dataset).stem
     when = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{when}-{stem}-{config.likelihood}-{config.elbo}"
+    model = args.model.rpartition(":")[2] if args.model else args.likelihood or "bernoulli"
+    return Path("runs") / f"{when}-{stem}-{model}-{config.elbo}"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    d = Config()
+    d, v = Config(), VAE.__init__.__defaults__  # x_dim, z_dim, hidden, activation, ...
 
     t = commands.add_parser("train", help="train a VAE with SVI (or resume a run)")
     t.set_defaults(command=train)
     # Defaults are None so that only the flags actually given override a config.
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a .npz path ({d.dataset})")
-    t.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({d.likelihood})")
-    t.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
-    t.add_argument("--min-scale", dest="min_scale", type=float,
-                   help="scale floor of gaussian (0: none)")
+    vae = t.add_argument_group("the built-in VAE (its architecture is recorded in the run)")
+    vae.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({v[4]})")
+    vae.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
+    vae.add_argument("--min-scale", dest="min_scale", type=float,
+                     help="scale floor of gaussian (0: none)")
+    vae.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({v[1]})")
+    vae.add_argument("--hidden", type=int, nargs="+",
+                     help=f"encoder hidden sizes; the decoder mirrors them ({v[2][0]})")
+    vae.add_argument("--activation", choices=ACTIVATIONS, help=f"({v[3]})")
+    own = t.add_argument_group("or your own model")
+    own.add_argument("--model", metavar="FACTORY",
+                     help="path/to/file.py:function or package.module:function returning an "
+                     "object with model and guide methods; also to --resume such a run")
+    own.add_argument("--model-args", dest="model_args", metavar="JSON",
+                     help="the factory's keyword arguments, a JSON object")
     t.add_argument("--elbo", choices=ESTIMATORS, help=f"estimator ({d.elbo})")
-    t.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({d.z_dim})")
-    t.add_argument("--hidden", type=int, nargs="+",
-                   help=f"encoder hidden sizes; the decoder mirrors them ({d.hidden[0]})")
-    t.add_argument("--activation", choices=ACTIVATIONS, help=f"({d.activation})")
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="learning-rate schedule (none): iwae = 3^i epochs at lr 10^(-i/7)")
+    t.add_argument("--clip-norm", dest="clip_norm", type=float,
+                   help="clip the gradient's 2-norm to this (none)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also log the metrics for TensorBoard, into RUN_DIR/tensorboard")
     t.add_argument("--batch-size", dest="batch_size", type=int, help=f"({d.batch_size})")
     t.add_argument("--optimizer", choices=OPTIMIZERS, help=f"({d.optimizer})")
     t.add_argument("--lr", type=float, help=f"learning rate ({d.lr})")
@@ -224,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="K importance samples per example (5000, as Burda et al.)")
     e.add_argument("--memory-mb", type=float, default=64, help="memory for the decoder's work")
     e.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    e.add_argument("--examples", type=int, help="the first N examples of the split (all)")
 
     s = commands.add_parser("sample", help="PNG grid of decoder means of prior samples")
     s.set_defaults(command=sample)
@@ -243,6 +359,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=plot)
     p.add_argument("run_dir")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples")
+
+    for loads_a_run in (e, s, r, p):
+        loads_a_run.add_argument(
+            "--model", metavar="FACTORY", help="the factory of a model outside pyro_vae "
+            "(path/to/file.py:function), the one the run records: a run directory never runs "
+            "code by itself")
+        loads_a_run.add_argument("--device", help="cpu, cuda, ... (default: the run's own)")
 
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")

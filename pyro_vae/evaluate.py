@@ -179,12 +179,9 @@ def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int
         yield trace.nodes[site]["fn"]
 
 
-def active_units(
-    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str = "z"
-) -> tuple[int, torch.Tensor]:
-    r"""Burda et al.'s active units: the number of dimensions u with
-    :math:`A_u = \mathrm{Cov}_x(\mathbb{E}_{q(z \mid x)}[z_u]) > ` ``threshold``, and every
-    :math:`A_u`. The posterior mean is the guide's ``mean`` (or a 64-sample average)."""
+def posterior_means(guide: Callable, x: torch.Tensor, site: str = "z") -> torch.Tensor:
+    """The guide's posterior mean at ``site`` for every row of ``x`` (the mean of 64 draws
+    where the distribution has none in closed form, as a flow's)."""
 
     def mean(q):
         try:
@@ -192,8 +189,17 @@ def active_units(
         except NotImplementedError:
             return q.sample((64,)).mean(0)
 
-    means = torch.cat([mean(q) for q in posterior(guide, x, site)])
-    variances = means.var(dim=0)
+    with torch.no_grad():
+        return torch.cat([mean(q) for q in posterior(guide, x, site)])
+
+
+def active_units(
+    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str = "z"
+) -> tuple[int, torch.Tensor]:
+    r"""Burda et al.'s active units: the number of dimensions u with
+    :math:`A_u = \mathrm{Cov}_x(\mathbb{E}_{q(z \mid x)}[z_u]) > ` ``threshold``, and every
+    :math:`A_u` (:func:`posterior_means`)."""
+    variances = posterior_means(guide, x, site).var(dim=0)
     return int((variances > threshold).sum()), variances
 
 
@@ -255,3 +261,82 @@ def _param_names(fn: Callable, x: torch.Tensor) -> list[str]:
     with poutine.block():
         trace = poutine.trace(fn, param_only=True).get_trace(x)
     return sorted(trace.nodes)
+
+
+# --------------------------------------------------------------------------- what a model draws
+# Figures of any model/guide pair, from their traces alone: the model's one observed site
+# gives the means of p(x | z); nothing here needs a decoder or an encoder by name.
+
+
+@torch.no_grad()
+def prior_means(model: Callable, x_like: torch.Tensor, n: int) -> torch.Tensor:
+    r"""Means of :math:`p(x \mid z)` for ``n`` draws :math:`z \sim p(z)` of the model's own
+    prior. The rows of ``x_like`` (repeated to ``n``) only stand in for the data the model is
+    called with: its batch size, its checks."""
+    return _observed(poutine.trace(model).get_trace(_rows(x_like, n))).mean
+
+
+@torch.no_grad()
+def reconstruction_means(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+    r"""Means of :math:`p(x \mid z)` at the guide's posterior mean of every latent site (one
+    draw of it where the guide's distribution has no mean in closed form, as a flow's)."""
+    guide_trace = poutine.trace(guide).get_trace(x)
+    latents = {name: _mean(site["fn"], site["value"]) for name, site in _sample_sites(guide_trace)}
+    trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
+    return _observed(trace, held=latents).mean
+
+
+@torch.no_grad()
+def decoded_means(model: Callable, z: torch.Tensor, x_like: torch.Tensor,
+                  site: str = "z") -> torch.Tensor:
+    r"""Means of :math:`p(x \mid z)` at the given latent codes ``z`` (one per row), the model's
+    latent site ``site`` held at them; ``x_like`` as in :func:`prior_means`."""
+    x_like = _rows(x_like, z.shape[0])
+    trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(x_like)
+    return _observed(trace, held={site}).mean
+
+
+def latent_dims(model: Callable, x_like: torch.Tensor) -> dict[str, int]:
+    """Each latent (unobserved) sample site of ``model`` and its number of dimensions."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(x_like[:1])
+    return {name: site["value"][0].numel() for name, site in _sample_sites(trace)
+            if not site["is_observed"]}
+
+
+def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str = "z") -> bool:
+    """Whether ``model``'s prior at ``site`` is N(0, I), the prior that
+    :func:`kl_per_dimension` measures against."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(x_like[:2])
+    if site not in trace.nodes:
+        return False
+    fn = trace.nodes[site]["fn"]
+    while isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    return (isinstance(fn, dist.Normal) and bool((fn.loc == 0).all())
+            and bool((fn.scale == 1).all()))
+
+
+def _observed(trace, held=()):
+    """The distribution at the model's one observed site (the latents ``held`` at given
+    values are observed too, in Pyro's eyes, and are left out)."""
+    observed = [site for name, site in _sample_sites(trace)
+                if site["is_observed"] and name not in held]
+    if len(observed) != 1:
+        names = [site["name"] for site in observed]
+        raise ValueError(f"the model observes {len(observed)} sites {names}: drawing data "
+                         "needs exactly one observed site")
+    return observed[0]["fn"]
+
+
+def _mean(fn, value: torch.Tensor) -> torch.Tensor:
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return value
+
+
+def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` rows of ``x``, repeating it where it has fewer."""
+    return x.repeat(-(-n // x.shape[0]), *[1] * (x.dim() - 1))[:n]

@@ -14,6 +14,15 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .evaluate import (
+    decoded_means,
+    latent_dims,
+    posterior_means,
+    prior_means,
+    reconstruction_means,
+)
+from .rundir import FIGURES, load_run, read_metrics
+
 DPI = 100
 
 
@@ -214,34 +223,55 @@ def latent_embedding(
     return _save(fig, path)
 
 
-def plot_run(run_dir: str | Path, seed: int = 0) -> list[Path]:
+def plot_run(
+    run_dir: str | Path, seed: int = 0, factory=None, device: str | None = None
+) -> tuple[list[Path], list[str]]:
     """Every figure that applies to a run directory, written into ``RUN_DIR/figures/``:
-    learning curves, reconstructions and samples always; the latent manifold for a 2-D
-    latent space; the embedding of the test set when its labels are known."""
-    # imported here: train imports this module for its learning curves
-    from .evaluate import posterior
-    from .train import FIGURES, load_run, read_metrics
+    learning curves; reconstructions and samples for image data; the latent manifold for a
+    single 2-D latent site; the embedding of the test set's posterior means (coloured by
+    label where the labels are known). Returns the files written and, for each figure that
+    does not apply to this model or data, one line saying why.
 
+    Works for any model ``load_run`` can rebuild (``factory`` as there): the pictures come
+    from the model's and guide's traces (:func:`pyro_vae.evaluate.prior_means` and its
+    kin), not from methods of the built-in VAE."""
     run_dir = Path(run_dir)
     figures = run_dir / FIGURES
-    config, vae, data = load_run(run_dir)
-    written = []
+    config, built, data = load_run(run_dir, factory, device)
+    model, guide = built.model, built.guide
+    written, skipped = [], []
     metrics = read_metrics(run_dir)
     if metrics:
         written.append(learning_curves({"": metrics}, figures / "learning_curves.png",
                                        title=config.summary()))
     x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
-    written.append(reconstructions(x[:12], vae.reconstruct(x[:12]), data.image_shape,
-                                   figures / "reconstructions.png"))
-    pyro.set_rng_seed(seed)
-    written.append(samples(vae.sample(64), data.image_shape, figures / "samples.png",
-                           title=f"decoder means of 64 draws z ~ N(0, I), {config.likelihood}"))
-    if vae.z_dim == 2:
-        written.append(latent_manifold(vae.decode, data.image_shape,
-                                       figures / "latent_manifold.png"))
-    if data.y_test is not None:
-        with torch.no_grad():
-            z = torch.cat([q.mean for q in posterior(vae.guide, x)])
+    latents = latent_dims(model, x)
+    images = data.image_shape is not None and len(data.image_shape) == 2
+    if not images:
+        skipped.append("reconstructions.png, samples.png, latent_manifold.png: the data are "
+                       f"vectors of {data.x_dim} numbers, not images")
+    else:
+        written.append(reconstructions(x[:12], reconstruction_means(model, guide, x[:12]),
+                                       data.image_shape, figures / "reconstructions.png"))
+        pyro.set_rng_seed(seed)
+        written.append(samples(prior_means(model, x, 64), data.image_shape,
+                               figures / "samples.png",
+                               title="decoder means of 64 draws z ~ p(z)"))
+        if latents == {"z": 2}:
+            written.append(latent_manifold(lambda z: decoded_means(model, z, x),
+                                           data.image_shape, figures / "latent_manifold.png"))
+        else:
+            skipped.append("latent_manifold.png: it needs one 2-D latent site 'z'; this model "
+                           f"has {_describe(latents)}")
+    try:
+        z = posterior_means(guide, x)
+    except ValueError as e:
+        skipped.append(f"latent_embedding.png: no posterior mean at site 'z' ({e})")
+    else:
         written.append(latent_embedding(z, data.y_test, figures / "latent_embedding.png"))
-    return written
+    return written, skipped
 
+
+def _describe(latents: dict[str, int]) -> str:
+    return ", ".join(f"site {name!r} of {d} dimensions" for name, d in latents.items()) or \
+        "no latent site"
