@@ -12,13 +12,12 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import Config, fit, load_dataset
+from pyro_vae import VAE, Config, fit, load_dataset
 from pyro_vae import train as train_module
-from pyro_vae.train import build_vae
 
 # The setting the test recomputes in one process.
-CONFIG = dict(dataset="mnist-binary", z_dim=8, hidden=[32], batch_size=100, elbo="meanfield",
-              lr=3e-3, seed=7)
+CONFIG = dict(dataset="mnist-binary", batch_size=100, elbo="meanfield", lr=3e-3, seed=7)
+NETWORK = dict(x_dim=784, z_dim=8, hidden=[32])
 SUBSET = dict(train=2000, test=200)
 
 hashes, first_grads = [], {}
@@ -47,7 +46,7 @@ def main():
     data = load_dataset("mnist-binary").subset(**SUBSET)
     config = Config(**CONFIG, epochs=args.epochs)
     pyro.set_rng_seed(config.seed)
-    vae = build_vae(config, data)
+    vae = VAE(**NETWORK)
     metrics = fit(vae.model, vae.guide, data, config, args.out, resume=args.resume, quiet=True)
     if args.records:
         args.records.mkdir(parents=True, exist_ok=True)

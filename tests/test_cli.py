@@ -98,6 +98,9 @@ def test_console_script_reports_bad_estimator(tmp_path):
         (["train", "--batch-size", "0"], "batch_size must be at least 1"),
         (["train", "--z-dim", "0"], "z_dim must be at least 1"),
         (["train", "--lr", "-1"], "lr must be positive"),
+        (["train", "--clip-norm", "0"], "clip_norm must be positive"),
+        (["train", "--likelihood", "bernoulli", "--min-scale", "0.1"],
+         r"'bernoulli' does not take options \['min_scale'\]"),
     ],
 )
 def test_impossible_options_fail_before_anything_is_written(tmp_path, capsys, argv, message):
@@ -109,19 +112,91 @@ def test_impossible_options_fail_before_anything_is_written(tmp_path, capsys, ar
     assert not run.exists()
 
 
-@pytest.mark.parametrize("command", ["evaluate", "sample", "reconstruct"])
+@pytest.mark.parametrize("command", ["evaluate", "sample", "reconstruct", "plot"])
 def test_missing_or_corrupt_run_directory(tmp_path, capsys, command):
     assert main([command, str(tmp_path / "nowhere")]) == 1
     assert "not a run directory" in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text('{"z_dim": 5}')
+    (run / "config.json").write_text('{"epochs": 5}')
+    (run / "model.json").write_text('{"factory": "pyro_vae.model:VAE", "arguments": {}}')
     (run / "checkpoint.pt").write_bytes(b"\x00" * 100)
     assert main([command, str(run)]) == 1
     assert "corrupt or truncated" in capsys.readouterr().err
-    (run / "config.json").write_text('{"z_dim": 5, "colour": "blue"}')
+    (run / "config.json").write_text('{"epochs": 5, "colour": "blue"}')
     assert main([command, str(run)]) == 1
     assert "unknown config keys ['colour']" in capsys.readouterr().err
+    (run / "config.json").write_text('{"epochs": 5}')
+    (run / "model.json").write_text('{"factory": "pyro_vae.model:VAE"}')
+    assert main([command, str(run)]) == 1
+    assert "model.json is corrupt" in capsys.readouterr().err
+
+
+USER_MODEL = """
+import pyro
+import pyro.distributions as dist
+from pyro_vae import VAE
+
+
+class StudentPriorVAE(VAE):
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.StudentT(4.0, x.new_zeros(x.shape[0], self.z_dim), 1.0)
+                            .to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+
+def make(z_dim=2, hidden=32):
+    return StudentPriorVAE(x_dim=784, z_dim=z_dim, hidden=[hidden])
+"""
+
+
+def test_a_model_from_a_file_trains_resumes_and_evaluates_from_the_cli(small_npz, tmp_path,
+                                                                      capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "student.py").write_text(USER_MODEL)
+    run = tmp_path / "run"
+    train = ["train", "--dataset", str(small_npz), "--model", "student.py:make",
+             "--model-args", '{"z_dim": 3}', "--elbo", "trace", "--out", str(run), "--quiet"]
+    assert main([*train, "--epochs", "1", "--tensorboard"]) == 0
+    assert json.loads((run / "model.json").read_text()) == {
+        "factory": "student.py:make", "arguments": {"z_dim": 3}}
+    assert not json.loads((run / "config.json").read_text())["jit"]  # not assumed static
+
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 1
+    assert "pass --model student.py:make" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--z-dim", "4"]) == 1
+    assert "a resumed run keeps its model: drop --z-dim" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--model", "student.py:make", "--epochs", "2",
+                 "--quiet", "--tensorboard"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+    assert main(["evaluate", str(run), "--model", "student.py:make", "--is-samples", "10",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "IS-10 log-likelihood" in out and "active units" in out
+    assert "skipped KL per dimension: the model's prior at 'z' is not N(0, I)" in out
+    result = json.loads((run / "evaluation.json").read_text())
+    assert result["kl_per_dimension"] is None and len(result["skipped"]) == 1
+
+    # Every metric of every epoch is a TensorBoard scalar, the resumed epoch appended.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "test_loss", "seconds", "lr"} <= set(events.Tags()["scalars"])
+    steps = [(e.step, e.value) for e in events.Scalars("test_loss")]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [(m["epoch"], pytest.approx(m["test_loss"])) for m in metrics]
+
+
+def test_model_flags_and_a_factory_do_not_mix(tmp_path, capsys):
+    assert main(["train", "--model", "x.py:make", "--z-dim", "3", "--out", str(tmp_path)]) == 1
+    assert "--z-dim describe the built-in VAE" in capsys.readouterr().err
+    assert main(["train", "--model", "x.py:make", "--model-args", "[1]",
+                 "--out", str(tmp_path / "r")]) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_data_fetch_says_where_the_files_are(capsys, mnist_binary):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scripts import ROOT, load_script
 
-from pyro_vae import Config, fit, make_elbo
-from pyro_vae.train import CHECKPOINT, CONFIG, FIGURES, METRICS, build_vae
+from pyro_vae import VAE, Config, fit, make_elbo
+from pyro_vae.rundir import CHECKPOINT, CONFIG, FIGURES, LOCK, METRICS, MODEL
 
 # The stated tolerance: two processes draw the latent noise of each batch's halves from
 # seeds 7 and 8, one process all of it from seed 7, so the two runs differ by their noise
@@ -46,7 +46,7 @@ def test_two_processes_train_as_one(mnist_binary, tmp_path):
     data = mnist_binary.subset(**settings.SUBSET)
     config = Config(**settings.CONFIG, epochs=3)
     pyro.set_rng_seed(config.seed)
-    vae = build_vae(config, data)
+    vae = VAE(**settings.NETWORK)
     generator = torch.Generator().manual_seed(config.seed)
     x = next(data.batches("train", config.batch_size, generator))
     loss = 0.0
@@ -61,12 +61,13 @@ def test_two_processes_train_as_one(mnist_binary, tmp_path):
     # One run directory, written by one process: one line per epoch, one checkpoint.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "run"]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, METRICS, CHECKPOINT, FIGURES])
+    assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, MODEL, METRICS, CHECKPOINT,
+                                                          FIGURES, LOCK])
     assert len((run / METRICS).read_text().splitlines()) == 3
 
     # The same training in one process ends within the stated tolerance.
     pyro.set_rng_seed(config.seed)
-    vae = build_vae(config, data)
+    vae = VAE(**settings.NETWORK)
     alone = fit(vae.model, vae.guide, data, config, tmp_path / "alone", quiet=True)
     together = records[0]["metrics"]
     assert abs(alone[-1]["test_loss"] - together[-1]["test_loss"]) < TEST_LOSS_TOLERANCE

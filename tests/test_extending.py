@@ -2,6 +2,7 @@
 and each edit does what its header says."""
 
 import csv
+import json
 import math
 
 import pyro
@@ -10,6 +11,7 @@ import torch
 from scripts import ROOT, load_script, run_quick
 
 from pyro_vae import VAE, log_likelihood, make_elbo
+from pyro_vae.cli import main
 
 FOLDER = ROOT / "experiments" / "extending"
 SCRIPTS = {  # script -> (figure, number of rows)
@@ -24,17 +26,41 @@ def _load(name: str):
     return load_script(FOLDER / f"{name}.py")
 
 
+TINY = dict(x_dim=20, z_dim=4, hidden=(16,))
+
+
 @pytest.fixture
 def tiny():
-    base = VAE(x_dim=20, z_dim=4, hidden=(16,))
+    pyro.set_rng_seed(0)
+    base = VAE(**TINY)
     x = torch.bernoulli(torch.full((8, 20), 0.3))
     return base, x
 
 
+def _edit(cls, **arguments):
+    """The edit with the same networks as the tiny base VAE (same seed, built first)."""
+    pyro.set_rng_seed(0)
+    return cls(**TINY, **arguments)
+
+
 @pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the runs
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_script_quick(name, tmp_path):
+def test_script_quick(name, tmp_path, capsys):
     out = run_quick(FOLDER / f"{name}.py", tmp_path / name)
+    # The edited model's run opens with pyro-vae evaluate and plot, given the edit's own
+    # factory with --model (and the command says what to pass when it is missing).
+    run = sorted((out / "runs").iterdir())[-1]  # the edit's (the base VAE's is tested apart)
+    factory = json.loads((run / "model.json").read_text())["factory"]
+    assert factory.startswith(f"experiments/extending/{name}.py:")
+    evaluate = ["evaluate", str(run), "--is-samples", "5", "--examples", "100"]
+    assert main(evaluate) == 1
+    assert f"pass --model {factory}" in capsys.readouterr().err
+    assert main([*evaluate, "--model", factory]) == 0
+    assert main(["plot", str(run), "--model", factory]) == 0
+    printed = capsys.readouterr().out
+    assert "100 examples" in printed and "IS-5 log-likelihood" in printed
+    assert "wrote" in printed and "latent_embedding.png" in printed
+    assert (run / "figures" / "samples.png").is_file()
     figure, n_rows = SCRIPTS[name]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -49,7 +75,7 @@ def test_script_quick(name, tmp_path):
 
 def test_annealed_elbo_at_beta_one_is_the_base_elbo(tiny):
     base, x = tiny
-    annealed = _load("kl_annealing").AnnealedVAE(base)  # the same networks
+    annealed = _edit(_load("kl_annealing").AnnealedVAE)  # the same networks
     for name in ("trace", "meanfield"):
         losses = []
         for model, guide in ((base.model, base.guide), (annealed.model, annealed.guide)):
@@ -65,7 +91,7 @@ def test_mixture_prior_meanfield_falls_back_to_the_sampled_kl(tiny):
     # No closed-form KL between a Gaussian and a mixture: TraceMeanField_ELBO then samples
     # log p(z) - log q(z|x), which is exactly Trace_ELBO on the same draws.
     base, x = tiny
-    vae = _load("learned_prior").MixturePriorVAE(base)
+    vae = _edit(_load("learned_prior").MixturePriorVAE)
     losses = {}
     for name in ("trace", "meanfield"):
         pyro.set_rng_seed(4)
@@ -78,7 +104,7 @@ def test_mixture_prior_meanfield_falls_back_to_the_sampled_kl(tiny):
 
 def test_flow_guide_scores_its_samples_and_its_likelihood_is_above_its_elbo(tiny):
     base, x = tiny
-    vae = _load("flow_guide").FlowGuideVAE(base)
+    vae = _edit(_load("flow_guide").FlowGuideVAE)
     for flow in vae.flows:  # away from the identity the flows start at
         for p in flow.parameters():
             p.data.normal_(0, 0.3)

@@ -4,7 +4,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from pyro_vae import VAE
+from pyro_vae import VAE, Config, fit
 from pyro_vae.plots import (
     DPI,
     latent_embedding,
@@ -14,7 +14,6 @@ from pyro_vae.plots import (
     reconstructions,
     samples,
 )
-from pyro_vae.train import Config, build_vae, fit
 
 SHAPE = (28, 28)
 
@@ -71,13 +70,24 @@ def test_latent_embedding_with_and_without_projection(tmp_path, z_dim):
 
 def test_fit_writes_learning_curves_and_plot_run_writes_every_figure(tmp_path, mnist_small):
     data = mnist_small.subset(train=300, test=100)
-    config = Config(z_dim=2, hidden=[32], batch_size=100, epochs=2)
-    vae = build_vae(config, data)
+    config = Config(batch_size=100, epochs=2)
+    vae = VAE(x_dim=784, z_dim=2, hidden=(32,))
     fit(vae.model, vae.guide, data, config, tmp_path / "run", quiet=True)
     figures = tmp_path / "run" / "figures"
     assert (figures / "learning_curves.png").is_file()
-    written = plot_run(tmp_path / "run")
+    written, skipped = plot_run(tmp_path / "run")
     assert sorted(p.name for p in written) == sorted(
         f"{name}.png" for name in
         ("learning_curves", "reconstructions", "samples", "latent_manifold", "latent_embedding"))
-    assert all(p.parent == figures for p in written)
+    assert all(p.parent == figures for p in written) and skipped == []
+
+
+def test_plot_run_skips_what_does_not_apply_with_a_reason(tmp_path, mnist_small):
+    data = mnist_small.subset(train=200, test=100)
+    vae = VAE(x_dim=784, z_dim=3, hidden=(16,))
+    fit(vae.model, vae.guide, data, Config(batch_size=100, epochs=1), tmp_path / "run",
+        quiet=True)
+    written, skipped = plot_run(tmp_path / "run")
+    assert "latent_manifold.png" not in {p.name for p in written}
+    assert skipped == ["latent_manifold.png: it needs one 2-D latent site 'z'; this model has "
+                       "site 'z' of 3 dimensions"]
