@@ -20,7 +20,7 @@ Per configuration: the test ELBO (analytic KL, 10,000 images), the IS-K log-like
 --is-samples on the first --is-examples test images), active units, the gradient SNR and
 variance of encoder and decoder at the start and the end of training, and seconds per epoch.
 After every epoch an IS-100 estimate on 500 test images draws the likelihood-against-time
-curve (the training resumes from its checkpoint: fit's resume is exact). All estimators run
+curve (a callback of fit's, whose draws leave training's random stream alone). All estimators run
 uncompiled, so that the seconds compare the estimators, not Pyro's JIT, which only
 trace/meanfield/graph have.
 
@@ -43,6 +43,8 @@ from matplotlib.figure import Figure
 
 from pyro_vae import (
     ESTIMATORS,
+    VAE,
+    Callback,
     Config,
     active_units,
     elbo,
@@ -51,13 +53,12 @@ from pyro_vae import (
     load_dataset,
     log_likelihood,
 )
-from pyro_vae.train import build_vae
 
 CONFIGURATIONS = ["trace-1", "trace-5", "meanfield-1", "meanfield-5", "graph-1", "graph-5",
                   "iwae-5", "iwae-50", "renyi-5", "tail-adaptive-5"]
 RENYI_ALPHA = 0.5
-NETWORK = dict(dataset="mnist-binary", likelihood="bernoulli", z_dim=50, hidden=[200, 200],
-               activation="tanh", optimizer="adam", lr=1e-3, batch_size=100, jit=False)
+NETWORK = dict(x_dim=784, likelihood="bernoulli", z_dim=50, hidden=[200, 200], activation="tanh")
+TRAINING = dict(dataset="mnist-binary", optimizer="adam", lr=1e-3, batch_size=100, jit=False)
 # Burda et al. (2016), Table 1, MNIST, one stochastic layer, after 3,280 epochs:
 # IS-5000 negative log-likelihood (nats) and active units of 50.
 PAPER = {"VAE k=1": (86.76, 19), "VAE k=5": (86.47, 20), "VAE k=50": (86.35, 20),
@@ -87,34 +88,46 @@ def expand(tokens: list[str]) -> list[str]:
     return chosen
 
 
+class LikelihoodCurve(Callback):
+    """After every epoch: IS-K log-likelihood on a fixed test subset, as a metrics column,
+    against the cumulative training seconds (the curve of likelihood against time)."""
+
+    def __init__(self, vae, x, num_samples: int, configuration: str):
+        self.vae, self.x, self.num_samples = vae, x, num_samples
+        self.configuration, self.points, self.seconds = configuration, [], 0.0
+
+    def after_epoch(self, epoch: int, record: dict) -> dict:
+        ll = log_likelihood(self.vae.model, self.vae.guide, self.x, self.num_samples)
+        self.seconds += record["seconds"]
+        self.points.append(dict(epoch=epoch, seconds=self.seconds,
+                                log_likelihood=ll.mean().item()))
+        print(f"{self.configuration:16s} epoch {epoch:2d}  train {record['train_loss']:8.2f}  "
+              f"IS-{self.num_samples} {ll.mean().item():8.2f}  {record['seconds']:5.1f} s",
+              flush=True)
+        return {f"is{self.num_samples}_log_likelihood": ll.mean().item()}
+
+
 def run(configuration: str, data, args, out: Path) -> dict:
-    """Train one configuration epoch by epoch and evaluate it; errors go into the row."""
+    """Train one configuration and evaluate it; errors go into the row."""
     row = dict(configuration=configuration, error="", curve=[])
     try:
         name, k = parse(configuration)
-        config = Config(**NETWORK, elbo=name, particles=k, seed=args.seed,
+        config = Config(**TRAINING, elbo=name, particles=k, seed=args.seed, epochs=args.epochs,
                         alpha=RENYI_ALPHA if name == "renyi" else None)
         config.check()
         run_dir = out / "runs" / configuration
         shutil.rmtree(run_dir, ignore_errors=True)  # this study's own output from an earlier run
         pyro.set_rng_seed(args.seed)
-        vae = build_vae(config, data)
+        vae = VAE(**NETWORK)
         pyro.clear_param_store()  # else pyro.module hands back the last configuration's weights
         x_snr = next(data.eval_batches("train", 100))
         x_is = next(data.eval_batches("test", args.is_examples))
         row["start"] = gradient_snr(vae.model, vae.guide, config.make_elbo(), x_snr,
                                     args.snr_draws)
-        for epoch in range(1, args.epochs + 1):  # fit resumes exactly where it stopped
-            config.epochs = epoch
-            metrics = fit(vae.model, vae.guide, data, config, run_dir, resume=epoch > 1,
-                          quiet=True)
-            ll = log_likelihood(vae.model, vae.guide, x_is[: args.curve_examples],
-                                args.curve_samples).mean().item()
-            seconds = sum(m["seconds"] for m in metrics)
-            row["curve"].append(dict(epoch=epoch, seconds=seconds, log_likelihood=ll))
-            print(f"{configuration:16s} epoch {epoch:2d}/{args.epochs}  train "
-                  f"{metrics[-1]['train_loss']:8.2f}  IS-{args.curve_samples} {ll:8.2f}  "
-                  f"{metrics[-1]['seconds']:5.1f} s", flush=True)
+        curve = LikelihoodCurve(vae, x_is[: args.curve_examples], args.curve_samples,
+                                configuration)
+        fit(vae.model, vae.guide, data, config, run_dir, quiet=True, callbacks=[curve])
+        row["curve"], seconds = curve.points, curve.seconds
         row["end"] = gradient_snr(vae.model, vae.guide, config.make_elbo(), x_snr,
                                   args.snr_draws)
         row["test_elbo"] = elbo(vae.model, vae.guide, data)

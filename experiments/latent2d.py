@@ -30,33 +30,32 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import Config, fit, load_dataset, make_elbo
+from pyro_vae import VAE, Config, fit, load_dataset, make_elbo
 from pyro_vae.estimators import mean_loss
 from pyro_vae.plots import learning_curves, plot_run
-from pyro_vae.train import build_vae
 
 # The notebook's figures after 20 epochs: negative ELBO, nats per example.
 REFERENCE = dict(train_loss=152.1370, test_loss=151.3254, minutes="2 min 26 s")
-NETWORK = dict(dataset="mnist-binary", likelihood="bernoulli", z_dim=2, hidden=[256, 128],
-               activation="relu", elbo="meanfield", batch_size=100, jit=True)
+NETWORK = dict(x_dim=784, likelihood="bernoulli", z_dim=2, hidden=[256, 128], activation="relu")
+TRAINING = dict(dataset="mnist-binary", elbo="meanfield", batch_size=100, jit=True)
 RUNS = {
-    "sgd": dict(optimizer="sgd", lr=5e-3 / NETWORK["batch_size"]),
+    "sgd": dict(optimizer="sgd", lr=5e-3 / TRAINING["batch_size"]),
     "adam": dict(optimizer="adam", lr=1e-3),
 }
 LABELS = {"sgd": "(a) SGD lr 5e-3 per example", "adam": "(b) Adam lr 1e-3"}
 
 
 def train(name: str, data, epochs: int, seed: int, out: Path) -> dict:
-    config = Config(**NETWORK, **RUNS[name], epochs=epochs, seed=seed)
+    config = Config(**TRAINING, **RUNS[name], epochs=epochs, seed=seed)
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # this study's own output from an earlier run
     pyro.set_rng_seed(seed)
-    vae = build_vae(config, data)
+    vae = VAE(**NETWORK)
     metrics = fit(vae.model, vae.guide, data, config, run_dir, quiet=True)
     # The notebook binarizes the test set afresh too; fit's test loss uses one fixed draw.
     fresh = data.batches("test", 100, torch.Generator().manual_seed(seed + 1), shuffle=False)
     fresh_test = mean_loss(make_elbo("meanfield"), vae.model, vae.guide, fresh)
-    for figure in plot_run(run_dir, seed=seed):
+    for figure in plot_run(run_dir, seed=seed)[0]:
         if figure.stem != "learning_curves":  # one figure draws both runs' curves
             shutil.copy(figure, out / f"{name}-{figure.name}")
     return dict(name=name, config=config, metrics=metrics, fresh_test=fresh_test)

@@ -25,9 +25,9 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae import Config, RunError, fit, load_dataset
+from pyro_vae import VAE, Config, RunError, fit, load_dataset
 from pyro_vae.plots import image_panels
-from pyro_vae.train import build_vae, read_metrics
+from pyro_vae.rundir import read_metrics
 
 LIKELIHOODS = [
     "bernoulli", "gaussian", "gaussian-fixed", "continuous-bernoulli", "gaussian-shared", "laplace",
@@ -75,15 +75,14 @@ EXPLAINED = {
 
 
 def train_one(name: str, data, epochs: int, seed: int, out: Path) -> dict:
-    config = Config(dataset="mnist", likelihood=name, z_dim=20, hidden=[400], activation="relu",
-                    batch_size=128, lr=0.01, epochs=epochs, particles=5, elbo="meanfield",
-                    seed=seed)
+    config = Config(dataset="mnist", batch_size=128, lr=0.01, epochs=epochs, particles=5,
+                    elbo="meanfield", seed=seed)
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # this study's own output from an earlier run
     pyro.set_rng_seed(seed)
     with warnings.catch_warnings():  # the README explains the Bernoulli and Gaussian warnings
         warnings.simplefilter("ignore", UserWarning)
-        vae = build_vae(config, data)
+        vae = VAE(x_dim=data.x_dim, z_dim=20, hidden=[400], activation="relu", likelihood=name)
         start, error = time.perf_counter(), ""
         try:
             metrics = fit(vae.model, vae.guide, data, config, run_dir, quiet=True)

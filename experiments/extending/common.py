@@ -10,14 +10,22 @@ from pathlib import Path
 
 import pyro
 
-from pyro_vae import Config, active_units, elbo, fit, load_dataset, log_likelihood
-from pyro_vae.train import build_vae
+from pyro_vae import (
+    VAE,
+    Config,
+    active_units,
+    build_model,
+    elbo,
+    fit,
+    load_dataset,
+    log_likelihood,
+)
 
 # The base VAE: `pyro-vae train`'s defaults, uncompiled (a compiled trace would freeze the
 # annealing factor of kl_annealing.py), 10 epochs.
-BASE = dict(dataset="mnist-binary", likelihood="bernoulli", z_dim=50, hidden=[400],
-            activation="relu", elbo="meanfield", optimizer="adam", lr=1e-3, batch_size=128,
-            jit=False)
+NETWORK = dict(likelihood="bernoulli", z_dim=50, hidden=[400], activation="relu")
+TRAINING = dict(dataset="mnist-binary", elbo="meanfield", optimizer="adam", lr=1e-3,
+                batch_size=128, jit=False)
 
 
 def arguments(doc: str, name: str) -> argparse.Namespace:
@@ -48,23 +56,24 @@ def load(args, dataset: str = "mnist-binary"):
 
 
 def config(args, **changes) -> Config:
-    return Config(**{**BASE, **changes}, epochs=args.epochs, seed=args.seed)
+    return Config(**{**TRAINING, **changes}, epochs=args.epochs, seed=args.seed)
 
 
-def build(config: Config, data, args, edit=None):
-    """The base VAE that ``config`` describes, built from the run's seed, so that every run
-    of a script starts from the same networks; ``edit(vae)`` turns it into the edited one."""
+def build(data, args, edit=VAE, **arguments):
+    """The base VAE (``edit=VAE``) or its edit, a subclass taking the VAE's arguments and
+    its own, built from the run's seed, so that every run of a script starts from the same
+    networks. Built through ``build_model``, so each run directory records its factory
+    (``experiments/extending/<script>.py:<class>``) and ``pyro-vae evaluate/plot --model``
+    rebuild it."""
     pyro.set_rng_seed(args.seed)
-    vae = build_vae(config, data)
-    return edit(vae) if edit else vae
+    return build_model(edit, x_dim=data.x_dim, **NETWORK, **arguments)
 
 
-def train(name: str, vae, data, config: Config, out: Path, resume: bool = False) -> list[dict]:
+def train(name: str, vae, data, config: Config, out: Path, callbacks=()) -> list[dict]:
     """``fit`` the pair ``vae.model``/``vae.guide`` into ``out/runs/name``."""
     run_dir = out / "runs" / name
-    if not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)  # this study's own output from an earlier run
-    return fit(vae.model, vae.guide, data, config, run_dir, resume=resume, quiet=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # this study's own output from an earlier run
+    return fit(vae.model, vae.guide, data, config, run_dir, quiet=True, callbacks=callbacks)
 
 
 def measure(name: str, vae, data, args, metrics: list[dict]) -> dict:

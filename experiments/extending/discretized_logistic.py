@@ -67,9 +67,7 @@ class DiscretizedLogistic(dist.TorchDistribution):
 
 
 class DiscretizedLogisticVAE(VAE):
-    def __init__(self, base: VAE):
-        super().__init__(z_dim=base.z_dim, likelihood=base.likelihood, encoder=base.encoder,
-                         decoder=base.decoder)
+    """The base VAE's arguments; its ``likelihood`` is unused (the model's own replaces it)."""
 
     def model(self, x):
         pyro.module("decoder", self.decoder)
@@ -95,7 +93,7 @@ def main():
             "logistic": ("discretized logistic (8-bit MNIST)", grey,
                          config(args, dataset="mnist"))}
     for run, (name, data, cfg) in runs.items():
-        vae = build(cfg, data, args, DiscretizedLogisticVAE if run == "logistic" else None)
+        vae = build(data, args, DiscretizedLogisticVAE if run == "logistic" else VAE)
         metrics = train(run, vae, data, cfg, args.out)
         rows.append(measure(name, vae, data, args, metrics))
         x = next(data.eval_batches("test", 10))

@@ -35,11 +35,12 @@ FLOWS, FLOW_HIDDEN = 2, [200]
 
 
 class FlowGuideVAE(VAE):
-    def __init__(self, base: VAE, flows: int = FLOWS):
-        super().__init__(z_dim=base.z_dim, likelihood=base.likelihood, encoder=base.encoder,
-                         decoder=base.decoder)
+    """The base VAE's arguments, and ``flows``: the number of IAF transforms."""
+
+    def __init__(self, flows: int = FLOWS, **vae):
+        super().__init__(**vae)
         self.flows = nn.ModuleList(
-            T.affine_autoregressive(base.z_dim, hidden_dims=FLOW_HIDDEN) for _ in range(flows))
+            T.affine_autoregressive(self.z_dim, hidden_dims=FLOW_HIDDEN) for _ in range(flows))
 
     # model: unchanged, VAE.model
 
@@ -59,7 +60,7 @@ def main():
     rows, curves = [], {}
     runs = {"base": "Gaussian guide (base VAE)", "iaf": f"Gaussian + {FLOWS} IAF guide"}
     for run, name in runs.items():
-        vae = build(cfg, data, args, FlowGuideVAE if run == "iaf" else None)
+        vae = build(data, args, FlowGuideVAE if run == "iaf" else VAE)
         curves[name] = train(run, vae, data, cfg, args.out)
         rows.append(measure(name, vae, data, args, curves[name]))
     learning_curves(curves, args.out / "learning_curves.png",

@@ -14,8 +14,8 @@ lets the decoder learn to use z before the KL term pulls unused dimensions onto 
 which is the usual remedy for posterior collapse. Pyro needs the same scale at the site in
 model and guide: TraceMeanField_ELBO scales its closed-form KL by the guide site's scale, and
 Trace_ELBO scales log p(z) and log q(z|x) separately. A scale must be positive, so the
-warm-up starts at beta = 1/W and reaches 1 at epoch W; the schedule changes beta between
-epochs, each epoch resuming the run from its checkpoint.
+warm-up starts at beta = 1/W and reaches 1 at epoch W; a callback of ``fit`` sets beta
+before each epoch (and logs it as a column of metrics.jsonl).
 
 Runs, same seed and budget: beta = 1 (the base VAE), warm-up over 5 epochs, beta = 4.
 Writes results/extending/kl_annealing/: README.md, metrics.csv, kl_per_dimension.png.
@@ -27,24 +27,23 @@ import pyro.poutine as poutine
 from common import arguments, build, config, load, measure, train, write
 from matplotlib.figure import Figure
 
-from pyro_vae import VAE, kl_per_dimension
+from pyro_vae import VAE, Callback, kl_per_dimension
 
 WARMUP_EPOCHS = 5
 
 
 class AnnealedVAE(VAE):
-    """``base``'s networks with the KL term weighted by ``beta`` (a Python number, set
-    between epochs; Pyro's JIT would freeze it, so train uncompiled)."""
+    """The base VAE's arguments, with the KL term weighted by ``beta`` (a Python number,
+    set between epochs by :class:`Anneal`; Pyro's JIT would freeze it, so train uncompiled)."""
 
-    beta = 1.0
-
-    def __init__(self, base: VAE):
-        super().__init__(z_dim=base.z_dim, likelihood=base.likelihood, encoder=base.encoder,
-                         decoder=base.decoder)
+    def __init__(self, beta: float = 1.0, **vae):
+        super().__init__(**vae)
+        self.beta = beta
 
     def model(self, x):
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
+        self.likelihood.check(x)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0)
@@ -59,12 +58,22 @@ class AnnealedVAE(VAE):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
+class Anneal(Callback):
+    """Sets ``vae.beta = schedule(epoch)`` before each epoch and logs it as a column."""
+
+    def __init__(self, vae: AnnealedVAE, schedule):
+        self.vae, self.schedule = vae, schedule
+
+    def before_epoch(self, epoch: int) -> None:
+        self.vae.beta = self.schedule(epoch)
+
+    def after_epoch(self, epoch: int, record: dict) -> dict:
+        return {"beta": self.vae.beta}
+
+
 def run(run_dir, name, schedule, data, args):
-    cfg = config(args)
-    vae = build(cfg, data, args, AnnealedVAE)
-    for epoch in range(1, args.epochs + 1):  # fit resumes exactly: beta changes in between
-        vae.beta, cfg.epochs = schedule(epoch), epoch
-        metrics = train(run_dir, vae, data, cfg, args.out, resume=epoch > 1)
+    vae = build(data, args, AnnealedVAE)
+    metrics = train(run_dir, vae, data, config(args), args.out, callbacks=[Anneal(vae, schedule)])
     vae.beta = 1.0  # evaluate the model itself: the ELBO and log p(x) at beta = 1
     row = measure(name, vae, data, args, metrics)
     return row, kl_per_dimension(vae.guide, next(data.eval_batches("test", len(data.x_test))))

@@ -52,15 +52,17 @@ class MixturePrior(nn.Module):
 
 
 class MixturePriorVAE(VAE):
-    def __init__(self, base: VAE):
-        super().__init__(z_dim=base.z_dim, likelihood=base.likelihood, encoder=base.encoder,
-                         decoder=base.decoder)
-        self.prior = MixturePrior(base.z_dim)
+    """The base VAE's arguments, and ``components``: the mixture's size."""
+
+    def __init__(self, components: int = COMPONENTS, **vae):
+        super().__init__(**vae)
+        self.prior = MixturePrior(self.z_dim, components)
 
     def model(self, x):
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         pyro.module("prior", self.prior)
+        self.likelihood.check(x)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x.shape[0]))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -78,7 +80,7 @@ def main():
     rows, samples = [], {}
     runs = {"base": "N(0, I) prior (base VAE)", "mixture": f"mixture of {COMPONENTS} Gaussians"}
     for run, name in runs.items():
-        vae = build(cfg, data, args, MixturePriorVAE if run == "mixture" else None)
+        vae = build(data, args, MixturePriorVAE if run == "mixture" else VAE)
         metrics = train(run, vae, data, cfg, args.out)
         rows.append(measure(name, vae, data, args, metrics))
         pyro.set_rng_seed(args.seed)
