@@ -156,6 +156,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     run_dir = Path(args.run_dir)
+    for flag in ("is_samples", "examples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, "
+                             f"got {getattr(args, flag)}")
     _, built, data = load_run(run_dir, args.model, args.device)
     model, guide = built.model, built.guide
     if args.examples is not None:

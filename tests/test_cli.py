@@ -191,6 +191,12 @@ def test_a_model_from_a_file_trains_resumes_and_evaluates_from_the_cli(small_npz
     assert steps == [(m["epoch"], pytest.approx(m["test_loss"])) for m in metrics]
 
 
+@pytest.mark.parametrize("flag", ["--is-samples", "--examples"])
+def test_evaluate_refuses_empty_settings_before_opening_the_run(tmp_path, capsys, flag):
+    assert main(["evaluate", str(tmp_path / "nowhere"), flag, "0"]) == 1
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_model_flags_and_a_factory_do_not_mix(tmp_path, capsys):
     assert main(["train", "--model", "x.py:make", "--z-dim", "3", "--out", str(tmp_path)]) == 1
     assert "--z-dim describe the built-in VAE" in capsys.readouterr().err
