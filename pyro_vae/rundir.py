@@ -8,8 +8,10 @@
                     say how it was built
 ``metrics.jsonl``   one JSON object per epoch: ``epoch``, ``train_loss``, ``test_loss``,
                     ``seconds``, ``lr``, and whatever columns the callbacks add
-``checkpoint.pt``   parameters, optimizer and scheduler state, random states, epoch; written
-                    atomically; read with ``torch.load(weights_only=True)``: data, never code
+``checkpoint.pt``   parameters, the model object's buffers (fixed random permutations and
+                    masks of autoregressive flows, for example), optimizer and scheduler
+                    state, random states, epoch; written atomically; read with
+                    ``torch.load(weights_only=True)``: data, never code
 ``figures/``        PNGs
 ``.lock``           the one-writer lock (``fcntl.flock``), held while a process trains
 =================== =======================================================================
@@ -200,7 +202,16 @@ def load_run(
     pyro.clear_param_store()
     params = declare_params(built.model, built.guide, next(data.eval_batches("train", 8)))
     restore_params(params, state["params"], run_dir / CHECKPOINT)
+    restore_params(buffers_of(built), state.get("buffers", {}), run_dir / CHECKPOINT,
+                   what="buffers")
     return config, built, data
+
+
+def buffers_of(owner) -> dict[str, torch.Tensor]:
+    """The buffers of the module whose ``model``/``guide`` are trained: tensors that are no
+    parameters, yet define the model (an autoregressive flow's random permutation and
+    masks). The param store never sees them, so the checkpoint keeps them apart."""
+    return dict(owner.named_buffers()) if isinstance(owner, torch.nn.Module) else {}
 
 
 def declare_params(model: Callable, guide: Callable, x: torch.Tensor) -> dict:
@@ -212,19 +223,20 @@ def declare_params(model: Callable, guide: Callable, x: torch.Tensor) -> dict:
     return dict(sorted(pyro.get_param_store().named_parameters()))
 
 
-def restore_params(params: dict[str, torch.Tensor], saved: dict, path: Path) -> None:
-    """Copy ``saved`` into ``params``, refusing, by name, any parameter that is missing,
+def restore_params(params: dict[str, torch.Tensor], saved: dict, path: Path,
+                   what: str = "parameters") -> None:
+    """Copy ``saved`` into ``params``, refusing, by name, any tensor that is missing,
     unexpected or of another shape: a checkpoint fits its model exactly or not at all."""
     if set(params) != set(saved):
         raise RunError(
-            f"{path} does not fit this model: parameters missing from it "
+            f"{path} does not fit this model: {what} missing from it "
             f"{sorted(set(params) - set(saved))}, "
             f"unexpected in it {sorted(set(saved) - set(params))}"
         )
     for name, p in params.items():
         if p.shape != saved[name].shape:
-            raise RunError(f"{path}: parameter {name} has shape {tuple(saved[name].shape)}, "
-                           f"the model's has {tuple(p.shape)}")
+            raise RunError(f"{path}: {what[:-1]} {name} has shape "
+                           f"{tuple(saved[name].shape)}, the model's has {tuple(p.shape)}")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name])

@@ -41,6 +41,7 @@ from .rundir import (
     FIGURES,
     RunError,
     append_metrics,
+    buffers_of,
     load_checkpoint,
     read_config,
     read_metrics,
@@ -115,7 +116,9 @@ def fit(
 
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
            callbacks, recorded, world) -> list[dict]:
-    spec = _spec_of(model, guide)
+    owner = _owner(model, guide)
+    spec = getattr(owner, "spec", None)
+    buffers = buffers_of(owner)
     state = world.on_main(_open_run, run_dir, config, recorded, spec, resume, world.size)
     data = data.to(config.device)
 
@@ -133,6 +136,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
     scheduler = make_scheduler(optimizer) if make_scheduler else None
     if resume:
         restore_params(params, state["params"], run_dir / CHECKPOINT)
+        restore_params(buffers, state.get("buffers", {}), run_dir / CHECKPOINT, "buffers")
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -198,7 +202,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
         if world.main:
             append_metrics(run_dir, record)
-            save_checkpoint(run_dir, _checkpoint(epoch, params, optimizer, scheduler,
+            save_checkpoint(run_dir, _checkpoint(epoch, params, buffers, optimizer, scheduler,
                                                  generator, rng))
             if not quiet:
                 print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
@@ -209,12 +213,11 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
     return metrics
 
 
-def _spec_of(model: Callable, guide: Callable) -> ModelSpec | None:
-    """The spec of the object whose methods ``model`` and ``guide`` are, if it has one."""
+def _owner(model: Callable, guide: Callable):
+    """The object whose methods ``model`` and ``guide`` both are (a VAE), or None: its
+    ``spec`` says how to rebuild it, its buffers go into the checkpoint."""
     owner = getattr(model, "__self__", None)
-    if owner is None or getattr(guide, "__self__", None) is not owner:
-        return None
-    return getattr(owner, "spec", None)
+    return owner if owner is not None and getattr(guide, "__self__", None) is owner else None
 
 
 def _scheduler_name(make: Callable) -> str:
@@ -275,11 +278,12 @@ def _rng_state() -> dict:
     return state
 
 
-def _checkpoint(epoch, params, optimizer, scheduler, generator, rng: list[dict]) -> dict:
+def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: list[dict]) -> dict:
     """``rng``: each process's random state, in rank order (one entry in one process)."""
     state = {
         "epoch": epoch,
         "params": {name: p.detach() for name, p in params.items()},
+        "buffers": {name: b.detach() for name, b in buffers.items()},
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": [r["torch"] for r in rng], "data": generator.get_state()},
     }

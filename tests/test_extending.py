@@ -14,11 +14,11 @@ from pyro_vae import VAE, log_likelihood, make_elbo
 from pyro_vae.cli import main
 
 FOLDER = ROOT / "experiments" / "extending"
-SCRIPTS = {  # script -> (figure, number of rows)
-    "kl_annealing": ("kl_per_dimension.png", 3),
-    "learned_prior": ("samples.png", 2),
-    "flow_guide": ("learning_curves.png", 2),
-    "discretized_logistic": ("reconstructions.png", 2),
+SCRIPTS = {  # script -> (figure, number of rows, the edited run's directory and row)
+    "kl_annealing": ("kl_per_dimension.png", 3, "warmup", 1),
+    "learned_prior": ("samples.png", 2, "mixture", 1),
+    "flow_guide": ("learning_curves.png", 2, "iaf", 1),
+    "discretized_logistic": ("reconstructions.png", 2, "logistic", 1),
 }
 
 
@@ -47,23 +47,27 @@ def _edit(cls, **arguments):
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_quick(name, tmp_path, capsys):
     out = run_quick(FOLDER / f"{name}.py", tmp_path / name)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     # The edited model's run opens with pyro-vae evaluate and plot, given the edit's own
-    # factory with --model (and the command says what to pass when it is missing).
-    run = sorted((out / "runs").iterdir())[-1]  # the edit's (the base VAE's is tested apart)
+    # factory with --model (and the command says what to pass when it is missing), and the
+    # rebuilt model is the trained one: the same IS-20 number as the script measured on it
+    # (--quick: 200 test images, IS-20, seed 0).
+    figure, n_rows, run_name, edited_row = SCRIPTS[name]
+    run = out / "runs" / run_name
     factory = json.loads((run / "model.json").read_text())["factory"]
     assert factory.startswith(f"experiments/extending/{name}.py:")
-    evaluate = ["evaluate", str(run), "--is-samples", "5", "--examples", "100"]
+    evaluate = ["evaluate", str(run), "--is-samples", "20", "--examples", "200"]
     assert main(evaluate) == 1
     assert f"pass --model {factory}" in capsys.readouterr().err
     assert main([*evaluate, "--model", factory]) == 0
     assert main(["plot", str(run), "--model", factory]) == 0
     printed = capsys.readouterr().out
-    assert "100 examples" in printed and "IS-5 log-likelihood" in printed
-    assert "wrote" in printed and "latent_embedding.png" in printed
+    assert "200 examples" in printed and "wrote" in printed and "latent_embedding.png" in printed
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["log_likelihood"] == pytest.approx(float(rows[edited_row]["log_likelihood"]),
+                                                         abs=1e-3)
     assert (run / "figures" / "samples.png").is_file()
-    figure, n_rows = SCRIPTS[name]
-    with open(out / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
     assert len(rows) == n_rows
     for row in rows:
         assert float(row["test_elbo"]) <= float(row["log_likelihood"]) + 3 * float(row["stderr"])

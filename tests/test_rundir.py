@@ -164,3 +164,44 @@ def test_a_pair_without_a_spec_trains_but_is_not_rebuilt_blindly(mnist_small, tm
     assert json.loads((run / "model.json").read_text()) is None
     with pytest.raises(RunError, match="does not record how its model was built"):
         load_run(run)
+
+
+class PermutedVAE(VAE):
+    """A VAE whose decoder sees z through a random permutation drawn at construction and
+    kept in a buffer, as autoregressive flows keep theirs: no parameter, yet the model."""
+
+    def __init__(self, **vae):
+        super().__init__(**vae)
+        self.register_buffer("permutation", torch.randperm(self.z_dim))
+
+    def decode_z(self, z):
+        return self.decoder(z[..., self.permutation])
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0)
+                            .to_event(1))
+            pyro.sample("x", self.likelihood(self.decode_z(z)), obs=x)
+
+
+def test_buffers_travel_with_the_checkpoint(mnist_small, tmp_path):
+    import pyro
+
+    from pyro_vae import elbo
+
+    data = mnist_small.subset(train=300, test=100)
+    pyro.set_rng_seed(0)
+    vae = build_model(PermutedVAE, x_dim=784, z_dim=8, hidden=[32])
+    fit(vae.model, vae.guide, data, Config(epochs=1, batch_size=100), tmp_path / "run",
+        quiet=True)
+    pyro.set_rng_seed(1)
+    trained = elbo(vae.model, vae.guide, data)
+    torch.manual_seed(123)  # the rebuilt model draws another permutation...
+    _, loaded, _ = load_run(tmp_path / "run", factory=PermutedVAE)
+    assert torch.equal(loaded.permutation, vae.permutation)  # ...and the checkpoint's wins
+    pyro.set_rng_seed(1)
+    assert elbo(loaded.model, loaded.guide, data) == trained
