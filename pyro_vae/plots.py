@@ -110,6 +110,11 @@ def kl_bars(kl: torch.Tensor, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def run_title(spec, config) -> str:
+    """The one-line title of a run's figures: its model's factory and how it trained."""
+    return f"{spec.short_name if spec else 'own model'}: {config.summary()}"
+
+
 def learning_curves(
     runs: dict[str, Sequence[dict]], path: str | Path, title: str | None = None
 ) -> Path:
@@ -243,7 +248,7 @@ def plot_run(
     metrics = read_metrics(run_dir)
     if metrics:
         written.append(learning_curves({"": metrics}, figures / "learning_curves.png",
-                                       title=config.summary()))
+                                       title=run_title(built.spec, config)))
     x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
     latents = latent_dims(model, x)
     images = data.image_shape is not None and len(data.image_shape) == 2

@@ -35,7 +35,7 @@ from .config import OPTIMIZERS, RESUMABLE, Config
 from .data import Dataset
 from .distributed import World, data_parallel_step
 from .estimators import describe
-from .plots import learning_curves
+from .plots import learning_curves, run_title
 from .rundir import (
     CHECKPOINT,
     FIGURES,
@@ -208,8 +208,8 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
                 print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
                       f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
     if metrics and world.main:
-        title = f"{spec.short_name if spec else 'own model'}: {config.summary()}"
-        learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png", title=title)
+        learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png",
+                        title=run_title(spec, config))
     return metrics
 
 
