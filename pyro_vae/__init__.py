@@ -1,5 +1,6 @@
 """pyro-vae: variational autoencoders as Pyro model/guide pairs, trained with SVI."""
 
+from .ais import ais_log_likelihood, bdmc
 from .callbacks import Callback, TensorBoard
 from .config import Config
 from .data import DATASETS, DataError, Dataset, fetch, load_dataset
@@ -30,6 +31,8 @@ __all__ = [
     "TensorBoard",
     "VAE",
     "active_units",
+    "ais_log_likelihood",
+    "bdmc",
     "build_model",
     "elbo",
     "fetch",

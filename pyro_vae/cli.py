@@ -156,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     run_dir = Path(args.run_dir)
-    for flag in ("is_samples", "examples"):
+    for flag in ("is_samples", "examples", "ais_steps", "ais_chains"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, "
                              f"got {getattr(args, flag)}")
@@ -170,6 +170,23 @@ def evaluate(args: argparse.Namespace) -> int:
     ll = log_likelihood(model, guide, x, num_samples=args.is_samples, seed=args.seed,
                         memory_mb=args.memory_mb, progress=sys.stderr.isatty())
     ll_mean, ll_stderr = ll.mean().item(), (ll.std() / len(ll) ** 0.5).item()
+    ais = None
+    if args.ais_steps:
+        from .ais import ais_log_likelihood
+
+        started = time.perf_counter()
+        annealed = ais_log_likelihood(model, guide, x, steps=args.ais_steps,
+                                      chains=args.ais_chains, seed=args.seed,
+                                      progress=sys.stderr.isatty())
+        ais = {
+            "ais_log_likelihood": annealed.log_likelihood.mean().item(),
+            "ais_log_likelihood_stderr": (annealed.log_likelihood.std()
+                                          / len(x) ** 0.5).item(),
+            "ais_estimator": f"AIS from the guide, {args.ais_steps} steps x {args.ais_chains} "
+                             f"chains, HMC with 5 leapfrog steps, seed {args.seed}",
+            "ais_acceptance": annealed.acceptance.mean().item(),
+            "ais_seconds": time.perf_counter() - started,
+        }
     skipped = []
     try:
         active, variances = active_units(guide, x)
@@ -199,6 +216,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "active_unit_threshold": 0.01,
         "posterior_mean_variances": None if variances is None else variances.tolist(),
         "kl_per_dimension": None if kl is None else kl.tolist(),
+        **(ais or {}),
         "skipped": skipped,
         "seconds": time.perf_counter() - start,
     }
@@ -209,6 +227,11 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"  IS-{args.is_samples} log-likelihood   {ll_mean:10.3f} +- {ll_stderr:.3f} "
           f"(standard error; seed {args.seed})")
     print(f"  gap log p(x) - ELBO         {result['gap']:10.3f}")
+    if ais:
+        print(f"  AIS log-likelihood          {ais['ais_log_likelihood']:10.3f} +- "
+              f"{ais['ais_log_likelihood_stderr']:.3f} ({args.ais_steps} steps x "
+              f"{args.ais_chains} chains, acceptance {ais['ais_acceptance']:.2f}, "
+              f"{ais['ais_seconds']:.1f} s)")
     if active is not None:
         print(f"  active units                {active:10d} of {len(variances)} "
               "(Cov_x E[z_u|x] > 0.01)")
@@ -344,6 +367,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--memory-mb", type=float, default=64, help="memory for the decoder's work")
     e.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     e.add_argument("--examples", type=int, help="the first N examples of the split (all)")
+    e.add_argument("--ais-steps", type=int, help="also annealed importance sampling with this "
+                   "many steps (pyro_vae.ais; try --examples 100 first: it costs "
+                   "steps x chains x 6 decoder passes per example)")
+    e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per example (16)")
 
     s = commands.add_parser("sample", help="PNG grid of decoder means of prior samples")
     s.set_defaults(command=sample)

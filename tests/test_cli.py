@@ -173,12 +173,16 @@ def test_a_model_from_a_file_trains_resumes_and_evaluates_from_the_cli(small_npz
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
     assert main(["evaluate", str(run), "--model", "student.py:make", "--is-samples", "10",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--examples", "8", "--ais-steps", "4", "--ais-chains",
+                 "2"]) == 0
     out = capsys.readouterr().out
     assert "IS-10 log-likelihood" in out and "active units" in out
+    assert "AIS log-likelihood" in out and "4 steps x 2 chains" in out
     assert "skipped KL per dimension: the model's prior at 'z' is not N(0, I)" in out
     result = json.loads((run / "evaluation.json").read_text())
     assert result["kl_per_dimension"] is None and len(result["skipped"]) == 1
+    assert result["examples"] == 8 and "4 steps x 2 chains" in result["ais_estimator"]
+    assert 0 <= result["ais_acceptance"] <= 1 and result["ais_seconds"] > 0
 
     # Every metric of every epoch is a TensorBoard scalar, the resumed epoch appended.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -191,7 +195,7 @@ def test_a_model_from_a_file_trains_resumes_and_evaluates_from_the_cli(small_npz
     assert steps == [(m["epoch"], pytest.approx(m["test_loss"])) for m in metrics]
 
 
-@pytest.mark.parametrize("flag", ["--is-samples", "--examples"])
+@pytest.mark.parametrize("flag", ["--is-samples", "--examples", "--ais-steps", "--ais-chains"])
 def test_evaluate_refuses_empty_settings_before_opening_the_run(tmp_path, capsys, flag):
     assert main(["evaluate", str(tmp_path / "nowhere"), flag, "0"]) == 1
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
