@@ -78,3 +78,24 @@ def test_estimator_study_quick(tmp_path):
     for png in ("log_likelihood_vs_time.png", "gradient_snr.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
         assert f"]({png})" in readme
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_ais_study_quick(tmp_path):
+    out = _run_quick("ais", tmp_path)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for model in ("base", "longer"):
+        mine = [r for r in rows if r["model"] == model]
+        assert {r["method"] for r in mine} == {"IS-1", "IS-10", "IS-100", "AIS", "BDMC forward",
+                                               "BDMC reverse", "BDMC gap"}
+        for steps in ("2", "8"):
+            forward, reverse, gap = (next(r for r in mine if r["method"] == f"BDMC {m}"
+                                          and r["steps"] == steps)
+                                     for m in ("forward", "reverse", "gap"))
+            assert float(gap["log_likelihood"]) == pytest.approx(
+                float(reverse["log_likelihood"]) - float(forward["log_likelihood"]), abs=1e-3)
+        assert all(float(r["seconds"]) >= 0 for r in mine)
+    readme = (out / "README.md").read_text()
+    assert "| base | test | AIS, 8 steps |" in readme and "BDMC gap" in readme
+    assert (out / "bdmc_gap.png").read_bytes().startswith(b"\x89PNG")
