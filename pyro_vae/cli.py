@@ -37,9 +37,7 @@ from .spec import build_model, rebuild, resolve
 from .train import fit
 
 # The flags that describe the built-in VAE (the model), apart from how it trains (Config).
-VAE_FLAGS = {"likelihood": "likelihood", "sigma": "likelihood_options",
-             "min_scale": "likelihood_options", "z_dim": "z_dim", "hidden": "hidden",
-             "activation": "activation"}
+VAE_FLAGS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,20 +84,20 @@ def train(args: argparse.Namespace) -> int:
         config.jit = False  # a distributed run is not compiled (same numbers, see --jit)
     config.check()  # bad options fail here, before data is fetched or anything is written
     model_args = _json_object(args.model_args)  # and so do bad model options
-    if args.model:
+    if args.resume:
+        built = rebuild(spec, args.model)  # the parameters come from the checkpoint
+    elif args.model:
         resolve(args.model)
-    elif not args.resume:
+    else:
         _vae(args, x_dim=1)
     world.check(config.elbo, config.jit)
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset)
-    if args.resume:
-        built = rebuild(spec, args.model)
-    elif args.model:
+    if args.model and not args.resume:
         built = build_model(args.model, **model_args)
-    else:
+    elif not args.resume:
         built = _vae(args, data.x_dim)
     callbacks = [TensorBoard(run_dir / "tensorboard")] if args.tensorboard and world.main else []
     if world.main:
