@@ -140,14 +140,17 @@ def plot(rows: list[dict], path: Path) -> None:
     ax = fig.subplots()
     for name, colour in (("base", "tab:blue"), ("longer", "tab:orange")):
         gaps = [r for r in rows if r["model"] == name and r["method"] == "BDMC gap"]
-        ax.errorbar([r["steps"] for r in gaps], [max(r["log_likelihood"], 1e-3) for r in gaps],
+        ax.errorbar([r["steps"] for r in gaps], [r["log_likelihood"] for r in gaps],
                     yerr=[r["stderr"] for r in gaps], marker="o", color=colour, label=name,
                     capsize=3)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="0.5 nat")
+    ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    # logarithmic above 0.01 nat, linear through 0: a gap that closes into the noise, and
+    # so comes out slightly negative, is drawn where it is
+    ax.set_yscale("symlog", linthresh=0.01)
     ax.set_xlabel("AIS steps")
-    ax.set_ylabel("BDMC gap, reverse - forward (nats per example)")
+    ax.set_ylabel("BDMC gap, reverse - forward (nats per example, +- 1 s.e.)")
     ax.set_title("BDMC on data simulated from each model: the bracket closes with steps")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
