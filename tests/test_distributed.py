@@ -28,12 +28,21 @@ def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-@pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the launch
-def test_two_processes_train_as_one(mnist_binary, tmp_path):
-    worker = str(ROOT / "tests" / "ddp_worker.py")
-    r = _torchrun(worker, "--out", str(tmp_path / "run"), "--records", str(tmp_path / "records"))
+WORKER = str(ROOT / "tests" / "ddp_worker.py")
+
+
+@pytest.fixture(scope="module")
+def straight(mnist_binary, tmp_path_factory):
+    """One uninterrupted 2-process run of the worker, 3 epochs, with its records: both
+    tests below compare against it (a torchrun launch costs seconds)."""
+    folder = tmp_path_factory.mktemp("straight")
+    r = _torchrun(WORKER, "--out", str(folder / "run"), "--records", str(folder / "records"))
     assert r.returncode == 0, r.stderr[-3000:]
-    records = [torch.load(tmp_path / "records" / f"rank{i}.pt") for i in range(2)]
+    return folder
+
+
+def test_two_processes_train_as_one(mnist_binary, straight, tmp_path):
+    records = [torch.load(straight / "records" / f"rank{i}.pt") for i in range(2)]
     settings = load_script(ROOT / "tests" / "ddp_worker.py")
     steps = 3 * settings.SUBSET["train"] // settings.CONFIG["batch_size"]
 
@@ -59,8 +68,8 @@ def test_two_processes_train_as_one(mnist_binary, tmp_path):
         assert torch.allclose(records[0]["first_grads"][i], p.grad, rtol=1e-4, atol=1e-4), i
 
     # One run directory, written by one process: one line per epoch, one checkpoint.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["records", "run"]
-    run = tmp_path / "run"
+    assert sorted(p.name for p in straight.iterdir()) == ["records", "run"]
+    run = straight / "run"
     assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, MODEL, METRICS, CHECKPOINT,
                                                           FIGURES, LOCK])
     assert len((run / METRICS).read_text().splitlines()) == 3
@@ -74,16 +83,14 @@ def test_two_processes_train_as_one(mnist_binary, tmp_path):
     assert together[-1]["test_loss"] < together[0]["test_loss"] - 5  # and it did train
 
 
-@pytest.mark.usefixtures("mnist_binary")
-def test_a_distributed_run_resumes_exactly(tmp_path):
-    worker = str(ROOT / "tests" / "ddp_worker.py")
-    straight = _torchrun(worker, "--out", str(tmp_path / "a"), "--records", str(tmp_path / "ra"))
-    first = _torchrun(worker, "--out", str(tmp_path / "b"), "--epochs", "2")
-    resumed = _torchrun(worker, "--out", str(tmp_path / "b"), "--resume",
+def test_a_distributed_run_resumes_exactly(straight, tmp_path):
+    first = _torchrun(WORKER, "--out", str(tmp_path / "b"), "--epochs", "2")
+    resumed = _torchrun(WORKER, "--out", str(tmp_path / "b"), "--resume",
                         "--records", str(tmp_path / "rb"))
-    for r in (straight, first, resumed):
+    for r in (first, resumed):
         assert r.returncode == 0, r.stderr[-3000:]
-    a, b = torch.load(tmp_path / "ra" / "rank0.pt"), torch.load(tmp_path / "rb" / "rank1.pt")
+    a = torch.load(straight / "records" / "rank0.pt")
+    b = torch.load(tmp_path / "rb" / "rank1.pt")
     strip = lambda ms: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
     assert strip(a["metrics"]) == strip(b["metrics"])  # epoch 3 recomputed after the resume
     assert a["hashes"][-1] == b["hashes"][-1]
