@@ -44,13 +44,16 @@ class TensorBoard(Callback):
         except ImportError as e:  # torch raises this when tensorboard is not installed
             raise ValueError("--tensorboard needs the tensorboard package: "
                              'pip install "pyro-vae[tensorboard]"') from e
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir, self._open, self.writer = str(log_dir), SummaryWriter, None
 
     def after_epoch(self, epoch: int, record: dict) -> None:
+        if self.writer is None:  # opened at the first epoch: a refused run writes nothing
+            self.writer = self._open(log_dir=self.log_dir)
         for name, value in record.items():
             if name != "epoch" and isinstance(value, numbers.Real):
                 self.writer.add_scalar(name, value, global_step=epoch)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
