@@ -46,7 +46,7 @@ from pyro.distributions import constraints
 from pyro.ops.integrator import velocity_verlet
 from tqdm.auto import tqdm
 
-from .evaluate import _data_dim, _plate_nesting, _sample_sites
+from .evaluate import _data_dim, _log_prob_per_site, _plate_nesting, _sample_sites, latent_dims
 
 _CHAINS = "_ais_chains"
 INITIAL = ("guide", "prior")
@@ -129,7 +129,7 @@ def bdmc(
     _check(steps, chains, leapfrog, initial)
     with torch.random.fork_rng(devices=[x_like.device] if x_like.is_cuda else []):
         pyro.set_rng_seed(seed)
-        x, z_exact = _simulate(model, x_like, plate)
+        x, z_exact = _simulate(model, x_like)
         schedule = sigmoid_schedule(steps)
         path = _Path(model, guide, x, chains, initial, plate)
         forward = _anneal(path, path.initial_sample(), schedule, leapfrog, step_size,
@@ -195,17 +195,9 @@ class _Path:
     def _per_point(self, trace):
         """The trace's log-probabilities summed per (chain, example): all sites, and the
         latent sites alone."""
-        trace.compute_log_prob()
-        total = latent = 0.0
-        for name, site in _sample_sites(trace):
-            log_p = site["log_prob"].movedim(_data_dim(site, name, self.plate), -1)
-            if log_p.dim() == 1:  # a site that no chain's latents reach
-                log_p = log_p.unsqueeze(0)
-            log_p = log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
-            total = total + log_p
-            if name in self.sites:
-                latent = latent + log_p
-        return total, latent
+        per_site = _log_prob_per_site(trace, self.plate)
+        return (sum(per_site.values()),
+                sum(log_p for name, log_p in per_site.items() if name in self.sites))
 
     def step_shape(self, step: torch.Tensor, name: str) -> torch.Tensor:
         """The per-example step sizes ``(N,)``, shaped to broadcast against site ``name``."""
@@ -286,21 +278,15 @@ def _shape_like(accept: torch.Tensor, value: torch.Tensor, data_dim: int) -> tor
     return accept.reshape(*accept.shape, *[1] * (-data_dim - 1))
 
 
-def _simulate(model, x_like, plate) -> tuple[torch.Tensor, dict]:
+def _simulate(model, x_like) -> tuple[torch.Tensor, dict]:
     """One draw ``(x, z)`` of the model's joint per row of ``x_like``: ``x`` from its observed
     site, ``z`` with a leading chain dimension of 1."""
+    latents = latent_dims(model, x_like)
     with torch.no_grad():
         trace = poutine.trace(poutine.uncondition(model)).get_trace(x_like)
-    observed = [name for name, site in _sample_sites(trace)
-                if name not in _latent_names(model, x_like)]
+    observed = [name for name, _ in _sample_sites(trace) if name not in latents]
     if len(observed) != 1:
         raise ValueError(f"BDMC simulates the model's one observed site; it has {observed}")
     x = trace.nodes[observed[0]]["value"]
-    z = {name: trace.nodes[name]["value"].unsqueeze(0) for name in _latent_names(model, x_like)}
+    z = {name: trace.nodes[name]["value"].unsqueeze(0) for name in latents}
     return x, z
-
-
-def _latent_names(model, x_like) -> list[str]:
-    with torch.no_grad():
-        trace = poutine.trace(model).get_trace(x_like[:1])
-    return [name for name, site in _sample_sites(trace) if not site["is_observed"]]

@@ -135,12 +135,20 @@ def _log_joint(model, x, latents, nesting, plate) -> torch.Tensor:
 
 def _log_prob_per_point(trace, plate) -> torch.Tensor:
     """The log-probabilities of a trace's sample sites, summed per data point: ``(k, n)``."""
+    return sum(_log_prob_per_site(trace, plate).values())
+
+
+def _log_prob_per_site(trace, plate) -> dict[str, torch.Tensor]:
+    """Each sample site's log-probability summed per data point: ``(k, n)``, or ``(1, n)``
+    for a site that no particle reaches."""
     trace.compute_log_prob()
-    total = 0.0
+    per_site = {}
     for name, site in _sample_sites(trace):
         log_p = site["log_prob"].movedim(_data_dim(site, name, plate), -1)
-        total = total + log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
-    return total
+        if log_p.dim() == 1:
+            log_p = log_p.unsqueeze(0)
+        per_site[name] = log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
+    return per_site
 
 
 def _sample_sites(trace):
