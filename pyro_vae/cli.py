@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -309,21 +310,22 @@ def _default_run_dir(config: Config, args: argparse.Namespace) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-vae", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    d, v = Config(), VAE.__init__.__defaults__  # x_dim, z_dim, hidden, activation, ...
+    d = Config()
+    v = {name: p.default for name, p in inspect.signature(VAE).parameters.items()}
 
     t = commands.add_parser("train", help="train a VAE with SVI (or resume a run)")
     t.set_defaults(command=train)
     # Defaults are None so that only the flags actually given override a config.
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a .npz path ({d.dataset})")
     vae = t.add_argument_group("the built-in VAE (its architecture is recorded in the run)")
-    vae.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({v[4]})")
+    vae.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({v['likelihood']})")
     vae.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
     vae.add_argument("--min-scale", dest="min_scale", type=float,
                      help="scale floor of gaussian (0: none)")
-    vae.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({v[1]})")
+    vae.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({v['z_dim']})")
     vae.add_argument("--hidden", type=int, nargs="+",
-                     help=f"encoder hidden sizes; the decoder mirrors them ({v[2][0]})")
-    vae.add_argument("--activation", choices=ACTIVATIONS, help=f"({v[3]})")
+                     help=f"encoder hidden sizes; the decoder mirrors them ({v['hidden'][0]})")
+    vae.add_argument("--activation", choices=ACTIVATIONS, help=f"({v['activation']})")
     own = t.add_argument_group("or your own model")
     own.add_argument("--model", metavar="FACTORY",
                      help="path/to/file.py:function or package.module:function returning an "
