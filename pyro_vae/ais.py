@@ -47,6 +47,7 @@ from pyro.ops.integrator import velocity_verlet
 from tqdm.auto import tqdm
 
 from .evaluate import _data_dim, _log_prob_per_site, _plate_nesting, _sample_sites, latent_dims
+from .memory import reuse_freed_memory
 
 _CHAINS = "_ais_chains"
 INITIAL = ("guide", "prior")
@@ -101,6 +102,7 @@ def ais_log_likelihood(
     ``leapfrog`` integrator steps, from the ``initial`` distribution (``"guide"`` or
     ``"prior"``). Draws come from ``seed``; the caller's random state is left as it was."""
     _check(steps, chains, leapfrog, initial)
+    reuse_freed_memory()  # chains x batch x D temporaries would otherwise page-fault afresh
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         pyro.set_rng_seed(seed)
         path = _Path(model, guide, x, chains, initial, plate)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import EVAL_SEED, Dataset
 from .estimators import make_elbo, mean_loss
+from .memory import reuse_freed_memory
 
 _PARTICLES = "_importance_samples"
 _BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32
@@ -78,6 +79,7 @@ def log_likelihood(
     so the result does not depend on the chunking, which keeps the decoder's work on about
     ``memory_mb`` megabytes at a time. The caller's random state is left as it was.
     """
+    reuse_freed_memory()  # chunks of megabytes would otherwise page-fault afresh
     n, k = x.shape[0], num_samples
     n_chunk, k_chunk = chunk_shape(k, x[0].numel(), memory_mb)
     result = torch.empty(n, device=x.device)
@@ -105,10 +107,12 @@ def log_likelihood(
 
 def chunk_shape(num_samples: int, x_dim: int, memory_mb: float) -> tuple[int, int]:
     """(examples, samples) per chunk of :func:`log_likelihood`: as many (sample, example)
-    pairs as fit ``memory_mb``, all samples of an example together where they fit."""
+    pairs as fit ``memory_mb``, all samples of an example together where they fit, and
+    otherwise the samples split into equal parts."""
     codes = max(1, int(memory_mb * 2**20) // (_BYTES_PER_CODE_AND_DIM * x_dim))
     n_chunk = max(1, codes // num_samples)
-    return n_chunk, max(1, min(num_samples, codes // n_chunk))
+    parts = -(-num_samples * n_chunk // codes)
+    return n_chunk, -(-num_samples // parts)
 
 
 def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> tuple[dict, torch.Tensor]:
@@ -117,7 +121,12 @@ def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> tuple[dict, tor
     The guide scores its own draws: a flow guide never has to invert its transform."""
     # torch seeds its CPU generator with 32 bits: a golden-ratio step keeps the examples of
     # one seed on distinct streams and puts different seeds far apart.
-    torch.manual_seed((seed * 0x9E3779B1 + index) % 2**32)
+    # (torch.manual_seed would also queue a seed for every CUDA device: 0.1 ms an example)
+    stream = (seed * 0x9E3779B1 + index) % 2**32
+    if x_i.is_cuda:
+        torch.cuda.default_generators[x_i.device.index].manual_seed(stream)
+    else:
+        torch.default_generator.manual_seed(stream)
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
         trace = poutine.trace(guide).get_trace(x_i)
     latents = {name: (site["value"], _data_dim(site, name, plate) - site["fn"].event_dim)
