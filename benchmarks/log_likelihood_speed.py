@@ -1,6 +1,7 @@
 """How close is the IS-K log-likelihood to the bare cost of its matrix products?
 
     .venv/bin/python benchmarks/log_likelihood_speed.py [--run RUN_DIR] [--examples 20]
+        [--rounds 15] [--threads 2] [--check]
 
 Times, alternating in one process, on the same K x N latent codes in the same chunks:
 (a) the decoder's forward pass alone, in plain PyTorch (the bare matrix products);
@@ -8,8 +9,10 @@ Times, alternating in one process, on the same K x N latent codes in the same ch
     floor of any exact evaluation, since it needs one softplus per pixel per code;
 (c) ``pyro_vae.log_likelihood`` with K samples for N examples (guide, prior, decoder,
     likelihood, Pyro traces, log-mean-exp).
-Prints the medians, codes per second, and the ratios (c)/(a) and (c)/(b). The model is the
-core issue's VAE (784-400-50, Bernoulli), freshly initialized unless --run names a run.
+Each round times the three in a rotating order; it prints the medians, codes per second, and
+the ratios (c)/(a) and (c)/(b) per round as median [min, max]. ``--check`` exits with status
+1 when the median of (c)/(a) is above its target, 1.30. The model is the core issue's VAE
+(784-400-50, Bernoulli), freshly initialized unless --run names a run.
 """
 
 import argparse
@@ -17,11 +20,13 @@ import statistics
 import time
 
 import pyro
+import timing  # benchmarks/timing.py
 import torch
 import torch.nn.functional as F
 
 from pyro_vae import VAE, load_dataset, load_run
 from pyro_vae.evaluate import chunk_shape, log_likelihood
+from pyro_vae.memory import reuse_freed_memory
 
 
 def main() -> None:
@@ -30,8 +35,9 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=20, help="N test examples")
     p.add_argument("--is-samples", type=int, default=5000, help="K samples per example")
     p.add_argument("--memory-mb", type=float, default=64)
-    p.add_argument("--rounds", type=int, default=5)
+    timing.add_arguments(p, rounds=15)
     args = p.parse_args()
+    timing.pin_threads(args.threads)
 
     if args.run:
         _, vae, data = load_run(args.run)
@@ -39,6 +45,7 @@ def main() -> None:
         data = load_dataset("mnist-binary")
         vae = VAE(x_dim=784, z_dim=50, hidden=(400,))
     pyro.enable_validation(False)  # as in any timed evaluation; the tests run with it on
+    reuse_freed_memory()  # as log_likelihood does, so that every row runs on the same heap
     x = torch.cat(list(data.eval_batches("test", 1000)))[: args.examples]
     n, k = x.shape[0], args.is_samples
     n_chunk, k_chunk = chunk_shape(k, x.shape[1], args.memory_mb)
@@ -64,22 +71,27 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():  # warm-up
         fn()
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
+    names = list(runs)
+    for r in range(args.rounds):
+        for name in names[r % 3:] + names[: r % 3]:  # each goes first in turn
             start = time.perf_counter()
-            fn()
+            runs[name]()
             times[name].append(time.perf_counter() - start)
 
     codes = n * k
     print(f"K = {k} samples x N = {n} examples = {codes:,} latent codes; chunks of "
-          f"{k_chunk} x {n_chunk} ({args.memory_mb:g} MB); {torch.get_num_threads()} threads; "
-          f"median of {args.rounds} alternating rounds")
+          f"{k_chunk} x {n_chunk} ({args.memory_mb:g} MB); {args.rounds} rotating rounds")
+    print(timing.machine())
     for name, ts in times.items():
         median = statistics.median(ts)
         print(f"  {name:20s} {median:8.3f} s   {codes / median:12,.0f} codes/s")
-    a, b, c = (statistics.median(ts) for ts in times.values())
-    print(f"ratio (c)/(a), log_likelihood / bare decoder:     {c / a:.2f}  (target <= 1.30)")
-    print(f"ratio (c)/(b), log_likelihood / bare + log-mass:  {c / b:.2f}")
+    a, b, c = times.values()
+    over_a = [ci / ai for ai, ci in zip(a, c, strict=True)]
+    over_b = [ci / bi for bi, ci in zip(b, c, strict=True)]
+    print(f"ratio per round, median [min, max]:\n"
+          f"  (c)/(a), log_likelihood / bare decoder:     {timing.spread(over_a)}\n"
+          f"  (c)/(b), log_likelihood / bare + log-mass:  {timing.spread(over_b)}")
+    timing.verdict({"(c)/(a)": (over_a, 1.30)}, args.check)
 
 
 if __name__ == "__main__":
