@@ -60,15 +60,21 @@ class Compiled(ELBO):
     Pyro's ``JitTrace*_ELBO`` trace the model and guide once with ``torch.jit.trace`` and
     replay the recorded tensor operations, skipping Pyro's per-step Python work (messengers,
     traces, distribution objects): most of what makes a Pyro step slower than a hand-written
-    one. Three things differ from using them bare:
+    one. This class lets Pyro compile, then calls the compiled graph itself:
 
-    - one compiled estimator per batch shape: a trace bakes its shapes in, and Pyro keys its
-      cache on the number of arguments only, so the last, smaller batch of an epoch needs its
-      own;
+    - one compiled graph per batch shape (and model/guide pair): a trace bakes its shapes
+      in, and Pyro keys its cache on the number of arguments only, so the last, smaller batch
+      of an epoch needs its own;
     - compiling runs the model and guide a few times: it does so on a forked random stream
       and throws away the gradients it leaves, so a compiled run draws exactly the numbers
       an uncompiled run draws (same results to float rounding, exact resume);
-    - the compiled graph runs with the JIT's graph optimizations off
+    - each step passes the parameter store's tensors to the graph directly. Pyro's wrapper
+      looks every parameter up through its messenger stack, hashes its arguments and opens
+      two messengers at every call: per-step work that is constant in the batch size, about
+      a tenth of a step at batch 64 on a CPU (benchmarks/README.md). Its one check, that the
+      model declares no parameter after the first call, cannot fail in a replay that runs no
+      Python;
+    - the graph runs with the JIT's graph optimizations off
       (``torch.jit.optimized_execution(False)``): its autodiff and fusion passes make a step
       at batch 256 *slower* on a CPU than no JIT at all; plain replay is what pays.
 
@@ -82,17 +88,19 @@ class Compiled(ELBO):
         super().__init__(num_particles=template.num_particles,
                          vectorize_particles=template.vectorize_particles)
         self._make = make
-        self._by_shape: dict[tuple[int, ...], ELBO] = {}
+        self._by_shape: dict[tuple, Callable[[torch.Tensor], tuple]] = {}
         self._uncompiled_loss = template.loss  # the JIT classes' ``loss`` is not compiled
         self.compiles = type(template).__name__
 
     def loss_and_grads(self, model: Callable, guide: Callable, x: torch.Tensor) -> float:
-        elbo = self._by_shape.get(tuple(x.shape))
+        key = (tuple(x.shape), model, guide)  # bound methods are equal if of one object
+        replay = self._by_shape.get(key)
+        if replay is None:
+            replay = self._by_shape[key] = self._compile(model, guide, x)
         with torch.jit.optimized_execution(False):
-            if elbo is None:
-                elbo = self._by_shape[tuple(x.shape)] = self._make()
-                self._compile(elbo, model, guide, x)
-            return elbo.loss_and_grads(model, guide, x)
+            loss, surrogate = replay(x)
+            surrogate.backward()
+        return torch_item(loss)
 
     def loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> float:
         return self._uncompiled_loss(model, guide, x)
@@ -101,26 +109,40 @@ class Compiled(ELBO):
         raise NotImplementedError("a compiled estimator replays Pyro's JIT estimators; it "
                                   "has no traces of its own")
 
-    @staticmethod
-    def _compile(elbo: ELBO, model: Callable, guide: Callable, x: torch.Tensor) -> None:
+    def _compile(self, model: Callable, guide: Callable, x: torch.Tensor):
+        """Compile with a fresh Pyro JIT estimator on a forked random stream, leaving no
+        gradients behind; returns ``x -> (loss, surrogate loss)`` replaying its graph."""
+        elbo = self._make()
         params = pyro.get_param_store()
         grads = {name: p.grad for name, p in params.named_parameters()}
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        with (torch.random.fork_rng(devices=devices), warnings.catch_warnings(),
+              torch.jit.optimized_execution(False)):
             warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated", FutureWarning)
             elbo.loss_and_grads(model, guide, x)
         for name, p in params.named_parameters():
             p.grad = grads.get(name)
+        # Each JIT class keeps its pyro.ops.jit.CompiledFunction under its own name and
+        # returns its own outputs; the traced graph takes the unconstrained parameters named
+        # in _param_names, then the arguments (test_estimators checks these names).
+        attribute, outputs = _COMPILED[type(elbo)]
+        function = getattr(elbo, attribute)
+        [graph] = function.compiled.values()
+        names = function._param_names
+
+        def replay(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            unconstrained = dict(params.named_parameters())
+            return outputs(graph(*[unconstrained[name] for name in names], x))
+
+        return replay
 
 
-class JitMeanFieldELBO(JitTraceMeanField_ELBO):
-    """Pyro's ``JitTraceMeanField_ELBO``, compiled once. Pyro 1.9's version looks for its
-    compiled loss under one attribute name and stores it under another, so it traces and
-    compiles the model and guide again at every step (4x slower than no JIT at all)."""
-
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        self._loss_and_surrogate_loss = getattr(self, "_differentiable_loss", None)
-        return super().differentiable_loss(model, guide, *args, **kwargs)
+# Pyro JIT class -> (its CompiledFunction's attribute, outputs -> (loss, surrogate loss))
+_COMPILED = {
+    JitTrace_ELBO: ("_loss_and_surrogate_loss", lambda out: out),
+    JitTraceMeanField_ELBO: ("_differentiable_loss", lambda loss: (loss, loss)),
+    JitTraceGraph_ELBO: ("_jit_loss_and_surrogate_loss", lambda out: (-out[0], out[1])),
+}
 
 
 def describe(elbo: ELBO) -> str:
@@ -141,7 +163,7 @@ ESTIMATORS: dict[str, str] = {
     "renyi": "RenyiELBO(alpha), variational Renyi bound",
     "tail-adaptive": "TraceTailAdaptive_ELBO, tail-adaptive f-divergence",
 }
-_JIT = {"trace": JitTrace_ELBO, "meanfield": JitMeanFieldELBO, "graph": JitTraceGraph_ELBO}
+_JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
 _PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO}
 COMPILABLE = tuple(_JIT)  # the estimators Pyro can compile
 

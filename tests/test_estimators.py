@@ -110,12 +110,18 @@ def _grads():
 
 @pytest.mark.parametrize("name", ["trace", "meanfield", "graph"])
 def test_compiled_estimator_computes_what_the_uncompiled_one_does(vae_and_x, name):
-    """Same seed, same losses and gradients, step after step and across batch shapes:
-    compiling draws no numbers from the training stream and leaves no gradients behind."""
+    """Same seed, same losses and gradients, step after step and across batch shapes, with
+    parameters that move between steps: compiling draws no numbers from the training stream
+    and leaves no gradients behind, and the replayed graph reads the current parameters."""
     vae, x = vae_and_x
     model, guide = vae.model, vae.guide  # one bound method each: Pyro's JIT keys on their ids
-    results = {}
+    results, store = {}, pyro.get_param_store()
+    make_elbo(name).loss(model, guide, x)  # declares the parameters
+    initial = {n: p.detach().clone() for n, p in store.named_parameters()}
     for jit in (False, True):
+        with torch.no_grad():
+            for n, p in store.named_parameters():
+                p.copy_(initial[n])
         elbo = make_elbo(name, num_particles=2, jit=jit)
         elbo.loss(model, guide, x)  # as fit does first: Pyro guesses the plate nesting
         pyro.set_rng_seed(1)
@@ -123,8 +129,10 @@ def test_compiled_estimator_computes_what_the_uncompiled_one_does(vae_and_x, nam
         for batch in (x, x, x[:5], x):
             loss = elbo.loss_and_grads(model, guide, batch)
             results[jit].append((loss, _grads()))
-            for p in pyro.get_param_store().values():
-                p.grad = None
+            with torch.no_grad():
+                for _, p in store.named_parameters():
+                    p.grad = None
+                    p.mul_(1.01)
     assert isinstance(make_elbo(name, jit=True), Compiled)
     for (loss, grads), (loss_jit, grads_jit) in zip(results[False], results[True], strict=True):
         assert loss_jit == pytest.approx(loss, rel=1e-5)
@@ -133,17 +141,22 @@ def test_compiled_estimator_computes_what_the_uncompiled_one_does(vae_and_x, nam
 
 
 def test_jit_compiles_once_per_batch_shape(vae_and_x):
-    """Pyro 1.9's JitTraceMeanField_ELBO recompiles at every step; ours keeps its first."""
+    """One graph per batch shape, replayed from then on (Pyro 1.9's JitTraceMeanField_ELBO,
+    called bare, recompiles at every step)."""
     vae, x = vae_and_x
     model, guide = vae.model, vae.guide
     compiled = make_elbo("meanfield", jit=True)
     compiled.loss_and_grads(model, guide, x)
-    elbo = compiled._by_shape[tuple(x.shape)]
-    function = elbo._differentiable_loss
+    replay = compiled._by_shape[(tuple(x.shape), model, guide)]
     for batch in (x, x[:5], x, x[:5]):
-        assert math.isfinite(compiled.loss_and_grads(model, guide, batch))
-    assert elbo._differentiable_loss is function and len(function.compiled) == 1
-    assert sorted(compiled._by_shape) == [(5, 20), (8, 20)]
+        assert math.isfinite(compiled.loss_and_grads(vae.model, vae.guide, batch))
+    assert compiled._by_shape[(tuple(x.shape), model, guide)] is replay
+    assert sorted(shape for shape, _, _ in compiled._by_shape) == [(5, 20), (8, 20)]
+    def another_model(x):  # another model of the same batch shape is compiled anew
+        vae.model(x)
+
+    compiled.loss_and_grads(another_model, guide, x)
+    assert len(compiled._by_shape) == 3
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
@@ -179,16 +192,23 @@ def test_renyi_bound_takes_the_log_mean_exp_per_data_point(vae_and_x, alpha):
 
 
 def test_the_pyro_internals_we_patch_are_where_we_patch_them():
-    """estimators.py works around two Pyro 1.9 internals; if Pyro moves them, this fails by
-    name, and the patch must be revisited (pyproject.toml pins pyro-ppl < 1.10 for this)."""
+    """estimators.py relies on Pyro 1.9 internals; if Pyro moves them, this fails by name,
+    and the code must be revisited (pyproject.toml pins pyro-ppl < 1.10 for this)."""
     import inspect
 
-    from pyro.infer import JitTraceMeanField_ELBO, TraceTailAdaptive_ELBO
+    from pyro.infer import TraceTailAdaptive_ELBO
+    from pyro.ops.jit import CompiledFunction
 
-    source = inspect.getsource(JitTraceMeanField_ELBO.differentiable_loss)
-    assert "_loss_and_surrogate_loss" in source and "self._differentiable_loss =" in source, (
-        "Pyro's JitTraceMeanField_ELBO.differentiable_loss changed: JitMeanFieldELBO's "
-        "attribute patch may be wrong or unneeded")
+    from pyro_vae.estimators import _COMPILED
+
+    source = inspect.getsource(CompiledFunction.__call__)
+    assert "self.compiled[key] = torch.jit.trace(" in source and (
+        "unconstrained_params + args" in source), (
+        "pyro.ops.jit.CompiledFunction changed: Compiled replays its traced graph with "
+        "(unconstrained parameters in _param_names order, *args)")
+    for jit_class, (attribute, _) in _COMPILED.items():
+        assert f"self.{attribute} = " in inspect.getsource(jit_class), (
+            f"Pyro's {jit_class.__name__} no longer keeps its compiled loss in {attribute}")
     parameters = list(inspect.signature(
         TraceTailAdaptive_ELBO._differentiable_loss_particle).parameters)
     assert parameters == ["self", "model_trace", "guide_trace"], (
@@ -198,13 +218,3 @@ def test_the_pyro_internals_we_patch_are_where_we_patch_them():
         TraceTailAdaptive_ELBO._differentiable_loss_particle), (
         "Pyro's tail-adaptive estimator now reports a loss: TailAdaptiveELBO's may be unneeded")
 
-
-def test_the_compiled_mean_field_estimator_compiles_once():
-    vae = VAE(x_dim=20, z_dim=3, hidden=(8,))
-    x = torch.bernoulli(torch.full((6, 20), 0.5))
-    elbo = make_elbo("meanfield", jit=True)
-    assert isinstance(elbo, pyro.infer.ELBO)  # a drop-in estimator, as annotated
-    elbo.loss_and_grads(vae.model, vae.guide, x)
-    compiled = elbo._by_shape[(6, 20)]._differentiable_loss
-    elbo.loss_and_grads(vae.model, vae.guide, x)
-    assert elbo._by_shape[(6, 20)]._differentiable_loss is compiled
