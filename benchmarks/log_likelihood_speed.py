@@ -49,6 +49,7 @@ def main() -> None:
     x = torch.cat(list(data.eval_batches("test", 1000)))[: args.examples]
     n, k = x.shape[0], args.is_samples
     n_chunk, k_chunk = chunk_shape(k, x.shape[1], args.memory_mb)
+    n_chunk = min(n_chunk, n)  # as log_likelihood slices them
     z = torch.randn(k_chunk, n_chunk, vae.z_dim)
     x_chunk = x[:n_chunk]
     chunks = -(-n // n_chunk) * -(-k // k_chunk)

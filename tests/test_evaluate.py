@@ -9,6 +9,7 @@ from torch import nn
 from pyro_vae import VAE, make_elbo
 from pyro_vae.evaluate import (
     active_units,
+    chunk_shape,
     elbo,
     gradient_snr,
     kl_per_dimension,
@@ -160,3 +161,14 @@ def test_elbo_is_seeded_and_leaves_the_callers_random_stream_alone(mnist_small):
     assert torch.equal(torch.rand(3), expected_next)
     assert elbo(vae.model, vae.guide, data) == first
     assert elbo(vae.model, vae.guide, data, seed=1) != first
+
+
+@pytest.mark.parametrize("num_samples, memory_mb, expected", [
+    (5000, 64, (1, 5000)),   # 5349 codes fit: one chunk per example
+    (5000, 32, (1, 2500)),   # 2674 fit: two equal halves, not 2674 + 2326
+    (5001, 32, (1, 2501)),
+    (20, 64, (267, 20)),     # many examples per chunk, all their samples
+    (20, 1e-4, (1, 1)),
+])
+def test_chunks_hold_what_fits_in_equal_parts(num_samples, memory_mb, expected):
+    assert chunk_shape(num_samples, 784, memory_mb) == expected
