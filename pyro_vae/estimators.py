@@ -70,8 +70,8 @@ class Compiled(ELBO):
       an uncompiled run draws (same results to float rounding, exact resume);
     - each step passes the parameter store's tensors to the graph directly. Pyro's wrapper
       looks every parameter up through its messenger stack, hashes its arguments and opens
-      two messengers at every call: per-step work that is constant in the batch size, about
-      a tenth of a step at batch 64 on a CPU (benchmarks/README.md). Its one check, that the
+      two messengers at every call: per-step work that is constant in the batch size, a few
+      percent of a step at batch 64 on a CPU (benchmarks/README.md). Its one check, that the
       model declares no parameter after the first call, cannot fail in a replay that runs no
       Python;
     - the graph runs with the JIT's graph optimizations off

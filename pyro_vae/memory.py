@@ -3,9 +3,9 @@
 glibc's ``malloc`` serves a block above its *mmap threshold* with a fresh ``mmap`` and
 returns it to the system when freed; the threshold normally adapts upwards to the sizes a
 program frees, but in a process that has imported torch it stays low (measured on Linux,
-glibc, torch 2.15: every 4 MB tensor allocated and freed in a loop page-faults afresh, 1000
-faults a time). An evaluation that allocates decoder outputs of megabytes per chunk then
-spends about a quarter of its time in the kernel zeroing pages (benchmarks/README.md).
+glibc, torch 2.15: every 4 MB tensor allocated and freed in a loop page-faults afresh,
+hundreds of faults a time). An evaluation that allocates decoder outputs of megabytes per
+chunk then spends a fifth of its CPU time in the kernel, zeroing pages (benchmarks/README.md).
 
 :func:`reuse_freed_memory` fixes the threshold at glibc's largest, 32 MB, so that blocks up to
 that size are taken from and returned to the process's heap, and lets up to 256 MB lie free
@@ -29,7 +29,7 @@ def reuse_freed_memory() -> bool:
     """Serve blocks below 32 MB from the process's heap; True where the C library agreed."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
     return (mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
             and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1)
