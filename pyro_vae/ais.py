@@ -46,8 +46,9 @@ from pyro.distributions import constraints
 from pyro.ops.integrator import velocity_verlet
 from tqdm.auto import tqdm
 
-from .evaluate import _data_dim, _log_prob_per_site, _plate_nesting, _sample_sites, latent_dims
+from .evaluate import latent_dims
 from .memory import reuse_freed_memory
+from .traces import data_dim, log_prob_per_site, plate_nesting, sample_sites
 
 _CHAINS = "_ais_chains"
 INITIAL = ("guide", "prior")
@@ -159,18 +160,18 @@ class _Path:
     def __init__(self, model, guide, x, chains, initial, plate):
         self.model, self.guide, self.x = model, guide, x
         self.chains, self.initial, self.plate = chains, initial, plate
-        self.nesting = _plate_nesting(model, guide, x[:1])
+        self.nesting = plate_nesting(model, guide, x[:1])
         with torch.no_grad(), self._chains():
             trace = poutine.trace(guide).get_trace(x)
         self.sites = {}  # latent site -> the (negative) dimension of its examples
-        for name, site in _sample_sites(trace):
+        for name, site in sample_sites(trace):
             support = site["fn"].support
             while isinstance(support, constraints.independent):
                 support = support.base_constraint
             if support is not constraints.real:
                 raise ValueError(f"AIS moves real-valued latents, and site {name!r} has "
                                  f"support {site['fn'].support}")
-            self.sites[name] = _data_dim(site, name, plate) - site["fn"].event_dim
+            self.sites[name] = data_dim(site, name, plate) - site["fn"].event_dim
 
     def _chains(self):
         return pyro.plate(_CHAINS, self.chains, dim=-self.nesting - 1)
@@ -197,7 +198,7 @@ class _Path:
     def _per_point(self, trace):
         """The trace's log-probabilities summed per (chain, example): all sites, and the
         latent sites alone."""
-        per_site = _log_prob_per_site(trace, self.plate)
+        per_site = log_prob_per_site(trace, self.plate)
         return (sum(per_site.values()),
                 sum(log_p for name, log_p in per_site.items() if name in self.sites))
 
@@ -286,7 +287,7 @@ def _simulate(model, x_like) -> tuple[torch.Tensor, dict]:
     latents = latent_dims(model, x_like)
     with torch.no_grad():
         trace = poutine.trace(poutine.uncondition(model)).get_trace(x_like)
-    observed = [name for name, _ in _sample_sites(trace) if name not in latents]
+    observed = [name for name, _ in sample_sites(trace) if name not in latents]
     if len(observed) != 1:
         raise ValueError(f"BDMC simulates the model's one observed site; it has {observed}")
     x = trace.nodes[observed[0]]["value"]

@@ -24,12 +24,12 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .data import EVAL_SEED, Dataset
 from .estimators import make_elbo, mean_loss
 from .memory import reuse_freed_memory
+from .traces import data_dim, log_prob_per_point, plate_nesting, sample_sites
 
 _PARTICLES = "_importance_samples"
 _BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32
@@ -86,7 +86,7 @@ def log_likelihood(
     devices = [x.device] if x.device.type == "cuda" else []
     bar = tqdm(total=n, desc=f"IS-{k} log-likelihood", unit="example", disable=not progress)
     with torch.random.fork_rng(devices=devices):
-        nesting = _plate_nesting(model, guide, x[:1])
+        nesting = plate_nesting(model, guide, x[:1])
         for start in range(0, n, n_chunk):
             xs = x[start : start + n_chunk]
             draws = [_draw_latents(guide, xs[i : i + 1], k, seed, start + i, nesting, plate)
@@ -129,9 +129,9 @@ def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> tuple[dict, tor
         torch.default_generator.manual_seed(stream)
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
         trace = poutine.trace(guide).get_trace(x_i)
-    latents = {name: (site["value"], _data_dim(site, name, plate) - site["fn"].event_dim)
-               for name, site in _sample_sites(trace)}
-    return latents, _log_prob_per_point(trace, plate)
+    latents = {name: (site["value"], data_dim(site, name, plate) - site["fn"].event_dim)
+               for name, site in sample_sites(trace)}
+    return latents, log_prob_per_point(trace, plate)
 
 
 def _log_joint(model, x, latents, nesting, plate) -> torch.Tensor:
@@ -139,48 +139,7 @@ def _log_joint(model, x, latents, nesting, plate) -> torch.Tensor:
     k = next(iter(latents.values())).shape[0]
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
         model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
-    return _log_prob_per_point(model_trace, plate)
-
-
-def _log_prob_per_point(trace, plate) -> torch.Tensor:
-    """The log-probabilities of a trace's sample sites, summed per data point: ``(k, n)``."""
-    return sum(_log_prob_per_site(trace, plate).values())
-
-
-def _log_prob_per_site(trace, plate) -> dict[str, torch.Tensor]:
-    """Each sample site's log-probability summed per data point: ``(k, n)``, or ``(1, n)``
-    for a site that no particle reaches."""
-    trace.compute_log_prob()
-    per_site = {}
-    for name, site in _sample_sites(trace):
-        log_p = site["log_prob"].movedim(_data_dim(site, name, plate), -1)
-        if log_p.dim() == 1:
-            log_p = log_p.unsqueeze(0)
-        per_site[name] = log_p.reshape(log_p.shape[0], -1, log_p.shape[-1]).sum(1)
-    return per_site
-
-
-def _sample_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)]
-
-
-def _data_dim(site, name, plate) -> int:
-    for frame in site["cond_indep_stack"]:
-        if frame.name == plate:
-            return frame.dim
-    raise ValueError(
-        f"sample site {name!r} is outside the plate {plate!r}: log_likelihood needs every "
-        "sample site inside the data plate, so that log-weights factorize per data point"
-    )
-
-
-def _plate_nesting(model, guide, x) -> int:
-    """The deepest plate dimension used by model and guide (1 for a single data plate)."""
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    return max(-frame.dim for trace in (model_trace, guide_trace)
-               for _, site in _sample_sites(trace) for frame in site["cond_indep_stack"])
+    return log_prob_per_point(model_trace, plate)
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -298,7 +257,7 @@ def reconstruction_means(model: Callable, guide: Callable, x: torch.Tensor) -> t
     r"""Means of :math:`p(x \mid z)` at the guide's posterior mean of every latent site (one
     draw of it where the guide's distribution has no mean in closed form, as a flow's)."""
     guide_trace = poutine.trace(guide).get_trace(x)
-    latents = {name: _mean(site["fn"], site["value"]) for name, site in _sample_sites(guide_trace)}
+    latents = {name: _mean(site["fn"], site["value"]) for name, site in sample_sites(guide_trace)}
     trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
     return _observed(trace, held=latents).mean
 
@@ -317,7 +276,7 @@ def latent_dims(model: Callable, x_like: torch.Tensor) -> dict[str, int]:
     """Each latent (unobserved) sample site of ``model`` and its number of dimensions."""
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(x_like[:1])
-    return {name: site["value"][0].numel() for name, site in _sample_sites(trace)
+    return {name: site["value"][0].numel() for name, site in sample_sites(trace)
             if not site["is_observed"]}
 
 
@@ -338,7 +297,7 @@ def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str = "z"
 def _observed(trace, held=()):
     """The distribution at the model's one observed site (the latents ``held`` at given
     values are observed too, in Pyro's eyes, and are left out)."""
-    observed = [site for name, site in _sample_sites(trace)
+    observed = [site for name, site in sample_sites(trace)
                 if site["is_observed"] and name not in held]
     if len(observed) != 1:
         names = [site["name"] for site in observed]

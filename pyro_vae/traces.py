@@ -1,0 +1,111 @@
+r"""Reading Pyro traces per data point: the one mechanism behind the importance-weighted
+estimators (:mod:`pyro_vae.iwae`), :func:`~pyro_vae.evaluate.log_likelihood` and AIS.
+
+A model whose data points are conditionally independent given the parameters, every sample
+site inside the data plate, has a joint density that factorizes over the plate:
+
+.. math:: \log p(x, z) = \sum_{n} \sum_{s} \log p(v_{s,n} \mid \mathrm{pa}(v_{s,n})),
+
+so each point's log-weight :math:`\log p(x_n, z_n) - \log q(z_n \mid x_n)` is a sum over the
+sites of their log-probabilities summed over every batch dimension *but* the data plate's
+(and the particles' in front). Importance-weighted bounds take their log-mean-exp over
+particles per point, never over the batch's summed weights.
+
+The log-probabilities here are *unscaled* (masks applied): a ``poutine.scale`` or a
+subsampled plate weighs a data point's bound, not the terms inside its logarithm
+(:func:`scale_per_point`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+
+
+def sample_sites(trace) -> list[tuple[str, dict]]:
+    """The sample sites of a trace, in order, without Pyro's subsample sites."""
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)]
+
+
+def data_dim(site: dict, name: str, plate: str) -> int:
+    """The (negative) batch dimension of the plate named ``plate`` at ``site``."""
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate:
+            return frame.dim
+    raise ValueError(
+        f"sample site {name!r} is outside the plate {plate!r}: a per-data-point bound needs "
+        "every sample site of model and guide inside the data plate, so that log-weights "
+        "factorize per data point (a global latent has no per-point weight)"
+    )
+
+
+def log_prob_per_site(trace, plate: str) -> dict[str, torch.Tensor]:
+    """Each sample site's unscaled log-probability summed per data point: ``(k, n)``, with k
+    the particles in front of the data plate (1 for a site that no particle reaches)."""
+    trace.compute_log_prob()
+    return {name: per_point(scale_and_mask(site["unscaled_log_prob"], mask=site["mask"]),
+                             data_dim(site, name, plate))
+            for name, site in sample_sites(trace)}
+
+
+def log_prob_per_point(trace, plate: str) -> torch.Tensor:
+    """The sum of :func:`log_prob_per_site` over sites: ``(k, n)``."""
+    return sum(log_prob_per_site(trace, plate).values())
+
+
+def scale_per_point(traces: dict, plate: str) -> torch.Tensor | float:
+    """The one scale that weighs each data point's terms, ``(n,)`` (or a number), the same at
+    every sample site of ``traces`` (``{"model": trace, "guide": trace}``). Sites scaled
+    unlike one another inside a point (a KL weight on ``z`` alone) have no
+    importance-weighted meaning and are refused by name."""
+    scales = {}
+    for role, trace in traces.items():
+        for name, site in sample_sites(trace):
+            scale = site["scale"]
+            if isinstance(scale, torch.Tensor) and scale.dim() > 0:
+                rows = scale.expand(site["fn"].batch_shape).movedim(
+                    data_dim(site, name, plate), -1)
+                rows = rows.reshape(-1, rows.shape[-1])
+                if not bool((rows == rows[:1]).all()):
+                    raise ValueError(f"{role} site {name!r} scales the terms of one data point "
+                                     "unequally: its scale varies outside the data plate")
+                scale = rows[0]
+            scales[f"{role} site {name!r}"] = scale
+    first_name, first = next(iter(scales.items()))
+    for name, scale in scales.items():
+        if not bool(torch.as_tensor(scale == first).all()):
+            raise ValueError(
+                f"{first_name} and {name} are scaled differently ({_show(first)}"
+                f" and {_show(scale)}): an importance-weighted bound scales each data point's "
+                "whole bound, not the terms inside its logarithm; put poutine.scale around "
+                "model and guide alike (for a KL weight on z alone, train with 'meanfield' or "
+                "'trace')")
+    return first
+
+
+def plate_nesting(model: Callable, guide: Callable, *args) -> int:
+    """The deepest plate dimension used by model and guide (1 for a single data plate)."""
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    return max((-frame.dim for trace in (model_trace, guide_trace)
+                for _, site in sample_sites(trace) for frame in site["cond_indep_stack"]
+                if frame.vectorized), default=0)
+
+
+def per_point(batch: torch.Tensor, dim: int) -> torch.Tensor:
+    """A tensor of a site's batch shape summed over every dimension but the particles' (in
+    front) and the data plate's ``dim``: ``(k, n)``."""
+    batch = batch.movedim(dim, -1)
+    if batch.dim() == 1:
+        batch = batch.unsqueeze(0)
+    return batch.reshape(batch.shape[0], -1, batch.shape[-1]).sum(1)
+
+
+def _show(scale) -> str:
+    return f"{scale.tolist()}" if isinstance(scale, torch.Tensor) else f"{scale}"
