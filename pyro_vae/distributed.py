@@ -35,8 +35,9 @@ from pyro.infer import ELBO
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-# Pyro's TraceGraph_ELBO and RenyiELBO have no differentiable_loss, and the tail-adaptive
-# weights rank particles by log-weights summed over the whole batch, which a shard changes.
+# Pyro's TraceGraph_ELBO has no differentiable_loss; the importance-weighted estimators
+# (pyro_vae.iwae) are sums over data points too, but are not yet tested across processes:
+# they are refused at launch rather than trusted untested.
 DISTRIBUTABLE = ("trace", "meanfield")
 
 

@@ -10,12 +10,19 @@ Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` a
                    (Gaussian guide against Gaussian prior), by sampling otherwise.
 ``graph``          ``TraceGraph_ELBO``: Rao-Blackwellized score-function terms for sites that
                    cannot be reparameterized (Schulman et al., 2015).
-``iwae``           ``RenyiELBO(alpha=0)``: the importance-weighted bound
+``iwae``           the importance-weighted bound
                    :math:`\mathcal{L}_k = \mathbb{E}\log\frac1k\sum_i p(x,z_i)/q(z_i|x)`
-                   (Burda, Grosse & Salakhutdinov, 2016); ``num_particles`` is k.
-``renyi``          ``RenyiELBO(alpha)``: the variational Renyi bound (Li & Turner, 2016).
-``tail-adaptive``  ``TraceTailAdaptive_ELBO``: gradients of the tail-adaptive f-divergence
-                   (Wang, Liu & Liu, 2018); reports the ELBO of its particles as its loss.
+                   of each data point (Burda, Grosse & Salakhutdinov, 2016); k is
+                   ``num_particles``. This and the next four are our own
+                   (:mod:`pyro_vae.iwae`), computed per data point and right under
+                   ``poutine.scale``, which Pyro's ``RenyiELBO`` is not.
+``renyi``          the variational Renyi bound of order ``alpha`` (Li & Turner, 2016).
+``iwae-dreg``      :math:`\mathcal{L}_k` with doubly reparameterized guide gradients
+                   (Tucker, Lawson, Gu & Maddison, 2019).
+``stl``            sticking the landing: the guide's score term dropped (Roeder, Wu &
+                   Duvenaud, 2017), for k = 1 and for k particles.
+``tail-adaptive``  gradients of the tail-adaptive f-divergence, particles ranked within each
+                   data point (Wang, Liu & Liu, 2018); reports the ELBO of its particles.
 =================  ==========================================================================
 """
 
@@ -31,27 +38,13 @@ from pyro.infer import (
     JitTrace_ELBO,
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
-    RenyiELBO,
     Trace_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
-    TraceTailAdaptive_ELBO,
 )
 from pyro.infer.util import torch_item
 
-
-class TailAdaptiveELBO(TraceTailAdaptive_ELBO):
-    """Pyro's tail-adaptive gradient estimator, reporting the negative ELBO of the same
-    particles as its loss (Pyro's own reports ``inf`` and its ``loss`` raises), so that
-    training with it is monitored and checked for NaN like with any other estimator."""
-
-    def _differentiable_loss_particle(self, model_trace, guide_trace):
-        _, surrogate_loss = super()._differentiable_loss_particle(model_trace, guide_trace)
-        elbo = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
-        return -torch_item(elbo), surrogate_loss
-
-    def loss(self, model, guide, *args, **kwargs):
-        return Trace_ELBO.loss(self, model, guide, *args, **kwargs)
+from . import iwae
 
 
 class Compiled(ELBO):
@@ -159,12 +152,17 @@ ESTIMATORS: dict[str, str] = {
     "trace": "Trace_ELBO, KL by sampling",
     "meanfield": "TraceMeanField_ELBO, analytic KL",
     "graph": "TraceGraph_ELBO, Rao-Blackwellized score function",
-    "iwae": "RenyiELBO(alpha=0), importance-weighted bound with k = particles",
-    "renyi": "RenyiELBO(alpha), variational Renyi bound",
-    "tail-adaptive": "TraceTailAdaptive_ELBO, tail-adaptive f-divergence",
+    "iwae": "importance-weighted bound per data point, k = particles",
+    "renyi": "variational Renyi bound of order alpha, per data point",
+    "iwae-dreg": "importance-weighted bound, doubly reparameterized guide gradients",
+    "stl": "sticking the landing: the guide's score term dropped (k = particles)",
+    "tail-adaptive": "tail-adaptive f-divergence, particles ranked per data point",
 }
 _JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
 _PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO}
+_WEIGHTED = {"iwae": iwae.ImportanceWeightedELBO, "renyi": iwae.RenyiELBO,
+             "iwae-dreg": iwae.DReG, "stl": iwae.StickingTheLanding,
+             "tail-adaptive": iwae.TailAdaptiveELBO}
 COMPILABLE = tuple(_JIT)  # the estimators Pyro can compile
 
 
@@ -194,19 +192,20 @@ def make_elbo(
         raise ValueError(
             f"jit is available for {', '.join(COMPILABLE)} only; Pyro has no compiled {name!r}"
         )
-    if name == "tail-adaptive" and (num_particles < 2 or not vectorize_particles):
-        raise ValueError(
-            "tail-adaptive ranks particles against each other: it needs num_particles >= 2 "
-            f"(got {num_particles}) and vectorized particles (Pyro implements no other way)"
-        )
+    if name == "tail-adaptive" and num_particles < 2:
+        raise ValueError("tail-adaptive ranks particles against each other: it needs "
+                         f"num_particles >= 2 (got {num_particles})")
+    if name in _WEIGHTED and num_particles > 1 and not vectorize_particles:
+        raise ValueError(f"{name!r} weighs each data point's k particles against each other, "
+                         "so it draws them together: it needs vectorized particles")
     options = dict(
         num_particles=num_particles,
         vectorize_particles=vectorize_particles and num_particles > 1,
     )
-    if name in ("iwae", "renyi"):
-        return RenyiELBO(alpha=alpha or 0.0, **options)
-    if name == "tail-adaptive":
-        return TailAdaptiveELBO(**options)
+    if name == "renyi":
+        return iwae.RenyiELBO(num_particles, alpha=alpha)
+    if name in _WEIGHTED:
+        return _WEIGHTED[name](num_particles)
     if jit:
         return Compiled(lambda: _JIT[name](**options, ignore_jit_warnings=True))
     return _PLAIN[name](**options)

@@ -56,15 +56,19 @@ def test_train_evaluate_sample_reconstruct_resume(small_npz, tmp_path, capsys):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
-def test_an_uncompilable_run_resumes(small_npz, tmp_path):
+@pytest.mark.parametrize("elbo, particles", [("iwae", "3"), ("iwae-dreg", "5"), ("stl", "1")])
+def test_an_uncompilable_run_resumes_exactly(small_npz, tmp_path, elbo, particles):
     # The JIT's default applies to new runs only: switched on when resuming an iwae run,
     # it would refuse the run ("jit is available for trace, meanfield, graph only").
-    run = tmp_path / "run"
-    flags = ["--dataset", str(small_npz), "--z-dim", "5", "--hidden", "64", "--quiet"]
-    assert main(["train", *flags, "--elbo", "iwae", "--particles", "3", "--epochs", "1",
-                 "--out", str(run)]) == 0
+    flags = ["--dataset", str(small_npz), "--z-dim", "5", "--hidden", "64", "--quiet",
+             "--elbo", elbo, "--particles", particles]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["train", *flags, "--epochs", "2", "--out", str(straight)]) == 0
+    assert main(["train", *flags, "--epochs", "1", "--out", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    read = lambda r: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in map(  # noqa: E731
+        json.loads, (r / "metrics.jsonl").read_text().splitlines())]
+    assert read(run) == read(straight) and len(read(run)) == 2
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,9 @@ def test_run_directory_contents(mnist_small, tmp_path):
 @pytest.mark.parametrize(
     "options",
     [dict(jit=False), dict(jit=True),
-     dict(schedule="iwae", clip_norm=50.0), dict(lr_scheduler=True, clip_norm=50.0)],
-    ids=["eager", "jit", "iwae-schedule-clipped", "steplr-clipped"])
+     dict(schedule="iwae", clip_norm=50.0), dict(lr_scheduler=True, clip_norm=50.0),
+     dict(elbo="iwae-dreg", particles=3)],
+    ids=["eager", "jit", "iwae-schedule-clipped", "steplr-clipped", "iwae-dreg"])
 def test_interrupted_and_resumed_equals_uninterrupted(mnist_small, tmp_path, options):
     data = mnist_small.subset(train=550, test=200)  # 5.5 batches: two shapes to compile
     fit_options = {}
@@ -163,6 +164,8 @@ def test_compiled_training_follows_the_uncompiled_run(mnist_small, tmp_path):
         dict(elbo="iwae", particles=3),
         dict(elbo="renyi", particles=3, alpha=0.5),
         dict(elbo="tail-adaptive", particles=3),
+        dict(elbo="iwae-dreg", particles=3),
+        dict(elbo="stl"),
         dict(elbo="meanfield", jit=True),
         dict(network=dict(likelihood="continuous-bernoulli"), dataset="mnist"),
         dict(optimizer="sgd", lr=3e-4),
