@@ -51,33 +51,42 @@ def test_latent2d_study_quick(tmp_path):
 
 
 @pytest.mark.usefixtures("mnist_binary")
-def test_estimator_study_quick(tmp_path):
+def test_estimator_study_quick(tmp_path, capsys):
     # Every estimator by bare name (the study's own configurations), plus one that cannot
     # run: it must be reported with its error while the others go on.
     study = _load("compare_estimators")
     names = sorted({study.parse(c)[0] for c in study.CONFIGURATIONS})
     out = _run_quick("compare_estimators", tmp_path, "--estimators", *names, "tail-adaptive-1")
     readme = (out / "README.md").read_text()
-    for configuration in study.CONFIGURATIONS:
+    for configuration in study.CONFIGURATIONS:  # every run of two seeds, mean +- error
         row = next(line for line in readme.splitlines() if line.startswith(f"| {configuration} |"))
-        assert "failed" not in row
-    assert "| tail-adaptive-1 | failed: ValueError: tail-adaptive ranks particles" in readme
+        assert row.startswith(f"| {configuration} | 2 | ") and " ± " in row
+    assert "| tail-adaptive-1 | 0 | failed: ValueError: tail-adaptive ranks particles" in readme
+    assert "iwae-dreg-5 − iwae-5, IS-20, paired by seed (2 seeds): " in readme
+    assert "At equal wall-clock time" in readme
     with open(out / "metrics.csv") as f:
-        rows = {row["configuration"]: row for row in csv.DictReader(f)}
-    assert set(rows) == {*study.CONFIGURATIONS, "tail-adaptive-1"}
+        rows = {(row["configuration"], row["seed"]): row for row in csv.DictReader(f)}
+    assert set(rows) == {(c, s) for c in [*study.CONFIGURATIONS, "tail-adaptive-1"]
+                         for s in ("0", "1")}
     for configuration in study.CONFIGURATIONS:
-        row = rows[configuration]
+        row = rows[configuration, "0"]
         assert float(row["test_elbo"]) <= float(row["is20_log_likelihood"]) + 5 < 0
         assert 0 <= int(row["active_units"]) <= 50
         assert float(row["encoder_snr_end"]) > 0 and float(row["decoder_variance_start"]) > 0
-    assert rows["tail-adaptive-1"]["test_elbo"] == ""
+    assert rows["tail-adaptive-1", "0"]["test_elbo"] == ""
     with open(out / "curves.csv") as f:
         curves = list(csv.DictReader(f))
-    assert {(row["configuration"], row["epoch"]) for row in curves} == {
-        (c, e) for c in study.CONFIGURATIONS for e in ("1", "2")}  # the second epoch resumed
+    assert {(row["configuration"], row["seed"], row["epoch"]) for row in curves} == {
+        (c, s, e) for c in study.CONFIGURATIONS for s in ("0", "1") for e in ("1", "2")}
     for png in ("log_likelihood_vs_time.png", "gradient_snr.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
         assert f"]({png})" in readme
+    # A study run again (after a stop) reads the runs it finished and trains nothing anew.
+    capsys.readouterr()
+    _run_quick("compare_estimators", tmp_path, "--estimators", "iwae-dreg")
+    printed = capsys.readouterr().out
+    assert "iwae-dreg-5, seed 1: done before" in printed and "epoch" not in printed.replace(
+        "epoch(s)", "")
 
 
 @pytest.mark.usefixtures("mnist_binary")
@@ -99,3 +108,17 @@ def test_ais_study_quick(tmp_path):
     readme = (out / "README.md").read_text()
     assert "| base | test | AIS, 8 steps |" in readme and "BDMC gap" in readme
     assert (out / "bdmc_gap.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_gradient_snr_study_quick(tmp_path):
+    out = _run_quick("gradient_snr", tmp_path)
+    with open(out / "snr.csv") as f:
+        rows = list(csv.DictReader(f))
+    study = _load("gradient_snr")
+    assert {(r["state"], r["estimator"], r["k"]) for r in rows} == {
+        (s, e, k) for s in ("initial", "trained") for e in study.ESTIMATORS for k in ("1", "5")}
+    assert all(float(r["encoder"]) > 0 and float(r["decoder"]) > 0 for r in rows)
+    readme = (out / "README.md").read_text()
+    assert "encoder slope" in readme and "](snr_vs_k.png)" in readme
+    assert (out / "snr_vs_k.png").read_bytes().startswith(b"\x89PNG")
