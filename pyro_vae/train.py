@@ -117,6 +117,8 @@ def fit(
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
            callbacks, recorded, world) -> list[dict]:
     owner = _owner(model, guide)
+    if isinstance(owner, torch.nn.Module):  # its networks go where the data go
+        owner.to(config.device)
     spec = getattr(owner, "spec", None)
     buffers = buffers_of(owner)
     state = world.on_main(_open_run, run_dir, config, recorded, spec, resume, world.size)
