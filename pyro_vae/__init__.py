@@ -6,6 +6,7 @@ from .config import Config
 from .data import DATASETS, DataError, Dataset, fetch, load_dataset
 from .estimators import ESTIMATORS, make_elbo
 from .evaluate import active_units, elbo, gradient_snr, kl_per_dimension, log_likelihood
+from .iwae import DReG, ImportanceWeightedELBO, RenyiELBO, StickingTheLanding, TailAdaptiveELBO
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import VAE
 from .networks import Decoder, Encoder
@@ -23,11 +24,16 @@ __all__ = [
     "Config",
     "DataError",
     "Dataset",
+    "DReG",
     "Decoder",
     "Encoder",
+    "ImportanceWeightedELBO",
     "Likelihood",
     "ModelSpec",
+    "RenyiELBO",
     "RunError",
+    "StickingTheLanding",
+    "TailAdaptiveELBO",
     "TensorBoard",
     "VAE",
     "active_units",

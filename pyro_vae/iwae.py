@@ -116,13 +116,6 @@ class ImportanceWeightedELBO(ELBO):
             w = self.weights(model, guide, *args, **kwargs)
             return -torch_item((w.scale * self.bound(w.log_w)).sum())
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
-        """The negative surrogate summed over the batch, each point scaled: a scalar whose
-        gradient is the estimator's (its value is the loss only where the surrogate is the
-        bound itself)."""
-        w = self.weights(model, guide, *args, **kwargs)
-        return -(w.scale * self.surrogate(w, self._path_log_q(w, guide, args, kwargs))).sum()
-
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         w = self.weights(model, guide, *args, **kwargs)
         loss = -(w.scale * self.bound(w.log_w.detach())).sum()

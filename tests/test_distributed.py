@@ -11,6 +11,7 @@ import torch
 from scripts import ROOT, load_script
 
 from pyro_vae import VAE, Config, fit, make_elbo
+from pyro_vae.distributed import World
 from pyro_vae.rundir import CHECKPOINT, CONFIG, FIGURES, LOCK, METRICS, MODEL
 
 # The stated tolerance: two processes draw the latent noise of each batch's halves from
@@ -117,3 +118,10 @@ def test_estimators_that_cannot_be_split_fail_at_launch(tmp_path):
     assert r.returncode != 0
     assert "'iwae' cannot train distributed (2 processes): only trace, meanfield" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["iwae-dreg", "stl", "renyi", "tail-adaptive"])
+def test_the_other_per_point_estimators_are_refused_at_launch_too(name):
+    # the check the launch above runs, for the estimators it does not launch
+    with pytest.raises(ValueError, match=f"'{name}' cannot train distributed \\(2 processes\\)"):
+        World(rank=0, size=2).check(name, jit=False)
