@@ -44,6 +44,7 @@ import csv
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -140,16 +141,17 @@ def run(configuration: str, seed: int, data, args, out: Path) -> dict:
             return row
     row = dict(configuration=configuration, seed=seed, error="", curve=[],
                settings=settings(args))
+    start = time.perf_counter()
     try:
         name, k = parse(configuration)
         config = Config(**TRAINING, elbo=name, particles=k, seed=seed, epochs=args.epochs,
-                        alpha=RENYI_ALPHA if name == "renyi" else None)
+                        alpha=RENYI_ALPHA if name == "renyi" else None, device=args.device)
         config.check()
         pyro.set_rng_seed(seed)
-        vae = VAE(**NETWORK)
+        vae = VAE(**NETWORK).to(args.device)
         pyro.clear_param_store()  # else pyro.module hands back the last run's weights
-        x_snr = next(data.eval_batches("train", 100))
-        x_is = next(data.eval_batches("test", args.is_examples))
+        x_snr = next(data.eval_batches("train", 100)).to(args.device)
+        x_is = next(data.eval_batches("test", args.is_examples)).to(args.device)
         row["start"] = gradient_snr(vae.model, vae.guide, config.make_elbo(), x_snr,
                                     args.snr_draws)
         curve = LikelihoodCurve(vae, x_is[: args.curve_examples], args.curve_samples,
@@ -164,17 +166,24 @@ def run(configuration: str, seed: int, data, args, out: Path) -> dict:
                                      log_likelihood=m["curve_log_likelihood"]))
         row["end"] = gradient_snr(vae.model, vae.guide, config.make_elbo(), x_snr,
                                   args.snr_draws)
-        row["test_elbo"] = elbo(vae.model, vae.guide, data)
+        row["test_elbo"] = elbo(vae.model, vae.guide, data.to(args.device))
         row["log_likelihood"] = log_likelihood(vae.model, vae.guide, x_is, args.is_samples,
                                                progress=sys.stderr.isatty()).mean().item()
-        x_test = next(data.eval_batches("test", data.x_test.shape[0]))
+        x_test = next(data.eval_batches("test", data.x_test.shape[0])).to(args.device)
         row["active_units"] = active_units(vae.guide, x_test)[0]
         row["seconds_per_epoch"] = seconds / args.epochs
+        row["wall_seconds"] = time.perf_counter() - start  # training, evaluation and SNR
+        row["machine"] = machine(args.device)
         saved.write_text(json.dumps(row, indent=1))
     except Exception as e:  # noqa: BLE001 - any failure is this run's result
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         print(f"{configuration}, seed {seed}: FAILED  {row['error']}", flush=True)
     return row
+
+
+def machine(device: str) -> str:
+    return (f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch "
+            f"{torch.__version__}, pyro {pyro.__version__}, device {device}")
 
 
 # ---------------------------------------------------------------- statistics over seeds
@@ -331,7 +340,7 @@ def plot_snr(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_outputs(rows: list[dict], args, out: Path, data, total: float) -> None:
+def write_outputs(rows: list[dict], args, out: Path, data) -> None:
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["configuration", "seed", "test_elbo",
@@ -358,14 +367,18 @@ def write_outputs(rows: list[dict], args, out: Path, data, total: float) -> None
 
     done = by_configuration(rows)
     seeds = sorted({r["seed"] for r in rows})
+    timed = [r["wall_seconds"] for r in rows if "wall_seconds" in r]
+    machines = {r["machine"] for r in rows if "machine" in r}
     lines = [
         "# Estimator study",
         "",
         f"Dynamically binarized MNIST ({data.x_train.shape[0]} training images), the IWAE "
         "paper's model (784-200-200-50 tanh, Bernoulli), Adam lr 1e-3, batch 100, "
         f"{args.epochs} epoch(s) per run, seeds {', '.join(map(str, seeds))}, uncompiled; "
-        f"written by `experiments/compare_estimators.py{' --quick' if args.quick else ''}`, "
-        f"{total / 60:.1f} min in its last invocation on the machine that ran it. "
+        f"written by `experiments/compare_estimators.py{' --quick' if args.quick else ''}`. "
+        f"Its {len(timed)} finished runs took {sum(timed) / 60:.1f} min of wall time in all "
+        "(training, evaluation and gradient SNR), on "
+        f"{'; '.join(sorted(machines)) or 'the machine that ran it'}. "
         "ESTIMATOR-K is the estimator with K vectorized particles. Each cell is the mean ± "
         "standard error over the seeds (sample standard deviation / sqrt(seeds)); for a seed, "
         "every configuration starts from the same weights and sees the same batches.",
@@ -411,8 +424,31 @@ def write_outputs(rows: list[dict], args, out: Path, data, total: float) -> None
               "| paper | IS-5000 log p(x) | active units |", "|---|---|---|"]
     lines += [f"| {name} | {-nll:.2f} | {units} |" for name, (nll, units) in PAPER.items()]
     lines += ["", "## Figures", "", "![log-likelihood against time](log_likelihood_vs_time.png)",
-              "", "![gradient SNR](gradient_snr.png)", ""]
+              "", "![gradient SNR](gradient_snr.png)", "", *snr_against_k(out)]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def snr_against_k(out: Path) -> list[str]:
+    """The section on experiments/gradient_snr.py's results, where it wrote them beside."""
+    path = out / "gradient_snr" / "snr.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        snr = {(r["state"], r["estimator"], int(r["k"])): float(r["encoder"])
+               for r in csv.DictReader(f)}
+    ks = sorted({k for _, _, k in snr})
+    lines = ["## Gradient SNR against k", "",
+             "From `experiments/gradient_snr.py` ([its README](gradient_snr/README.md)): the "
+             "encoder's gradient SNR of iwae and iwae-dreg at the smallest and largest k, 100 "
+             "draws on one batch of 100 training images.", "",
+             "| weights | estimator | " + " | ".join(f"encoder SNR, k = {k}" for k in
+                                                   (ks[0], ks[-1])) + " |", "|---|---|---|---|"]
+    for state in ("initial", "trained"):
+        for name in ("iwae", "iwae-dreg"):
+            if (state, name, ks[0]) in snr:
+                lines.append(f"| {state} | {name} | {snr[state, name, ks[0]]:.3g} | "
+                             f"{snr[state, name, ks[-1]]:.3g} |")
+    return [*lines, "", "![gradient SNR against k](gradient_snr/snr_vs_k.png)", ""]
 
 
 def main() -> None:
@@ -428,6 +464,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="1,000 images, 2 epochs, 2 seeds, small IS and SNR budgets (tests)")
     parser.add_argument("--out", type=Path, default=Path("results/estimators"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
     try:
         configurations = expand(args.estimators)
@@ -436,6 +473,8 @@ def main() -> None:
     for flag in ("epochs", "is_samples", "is_examples"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     args.curve_samples, args.curve_examples, args.snr_draws = 100, 500, 100
 
     start = time.perf_counter()
@@ -452,7 +491,7 @@ def main() -> None:
     args.curve_examples = min(args.curve_examples, args.is_examples)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [run(c, seed, data, args, args.out) for seed in args.seeds for c in configurations]
-    write_outputs(rows, args, args.out, data, time.perf_counter() - start)
+    write_outputs(rows, args, args.out, data)
     print(f"wrote {args.out}/README.md, metrics.csv, curves.csv and the figures in "
           f"{(time.perf_counter() - start) / 60:.1f} min")
 

@@ -1,7 +1,7 @@
 """Gradient signal-to-noise ratio against the number of particles k, for IWAE, IWAE-DReG and
 STL, at the shared initial weights and at a trained checkpoint.
 
-    .venv/bin/python experiments/gradient_snr.py            # about 5 minutes on 2 CPU cores
+    .venv/bin/python experiments/gradient_snr.py            # about 2 minutes on 2 CPU cores
     .venv/bin/python experiments/gradient_snr.py --quick    # seconds (tests)
 
 Rainforth et al. (2018, "Tighter Variational Bounds are Not Necessarily Better") show that
@@ -15,10 +15,11 @@ The model is the IWAE paper's (784-200-200-50 tanh, Bernoulli) on dynamically bi
 the batch is 100 training images, one fixed binarization. SNR is |E g| / std g per parameter,
 averaged over the encoder's (resp. decoder's) parameters, from --draws gradient draws
 (pyro_vae.gradient_snr). The trained checkpoint is the same model after --epochs epochs of
-the VAE (`meanfield`, k = 1, Adam lr 1e-3, batch 100), kept in results/gradient_snr/runs/
+the VAE (`meanfield`, k = 1, Adam lr 1e-3, batch 100), kept in results/estimators/gradient_snr/runs/
 (not committed) and resumed if there.
 
-Writes results/gradient_snr/: README.md, snr.csv, snr_vs_k.png.
+Writes results/estimators/gradient_snr/: README.md, snr.csv, snr_vs_k.png (the estimator
+study's README, results/estimators/README.md, shows the figure).
 """
 
 import argparse
@@ -124,11 +125,19 @@ def write(rows, args, out: Path, minutes: float, data) -> None:
               "Slopes of log SNR against log k (least squares over k = "
               f"{', '.join(map(str, ks))}); Rainforth et al. predict -0.5 for IWAE's encoder "
               "and +0.5 for its decoder; Tucker et al. report a rising encoder SNR for DReG.", ""]
+    trend = lambda b: "rises" if b > 0.05 else "falls" if b < -0.05 else "stays flat"  # noqa: E731
+    predicted = {("iwae", "encoder"): "falls", ("iwae", "decoder"): "rises",
+                 ("iwae-dreg", "encoder"): "rises"}
     for state in states:
         for name in ESTIMATORS:
-            enc, dec = slope(rows, state, name, "encoder"), slope(rows, state, name, "decoder")
-            lines.append(f"- {state}, {name}: encoder slope {enc:+.2f}, decoder slope "
-                         f"{dec:+.2f}.")
+            parts = []
+            for group in GROUPS:
+                b = slope(rows, state, name, group)
+                said = predicted.get((name, group))
+                check = (f", {'as' if trend(b) == said else 'unlike'} predicted ({said})"
+                         if said else "")
+                parts.append(f"{group} SNR {trend(b)} (slope {b:+.2f}{check})")
+            lines.append(f"- {state}, {name}: " + "; ".join(parts) + ".")
         first, last = ks[0], ks[-1]
         get = lambda n, k, s=state: next(  # noqa: E731
             r for r in rows if (r["state"], r["estimator"], r["k"]) == (s, n, k))
@@ -149,7 +158,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--epochs", type=int, default=10, help="training of the trained checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/gradient_snr"))
+    p.add_argument("--out", type=Path, default=Path("results/estimators/gradient_snr"))
     p.add_argument("--quick", action="store_true", help="tiny budgets (tests)")
     args = p.parse_args()
     if min(args.ks) < 1 or args.draws < 2 or args.epochs < 1:
