@@ -301,3 +301,34 @@ def test_an_estimator_with_one_particle_is_the_elbo(vae_and_x):
     a = ours.loss(vae.model, vae.guide, x)
     pyro.set_rng_seed(4)
     assert a == pytest.approx(trace.loss(vae.model, vae.guide, x), rel=1e-5)
+
+
+def test_a_subsampled_plate_scales_each_points_bound_by_n_over_b(vae_and_x):
+    # pyro.plate("data", N, subsample_size=B) scales every site by N / B: the loss is
+    # (N / B) times the per-point bounds of the points drawn, recomputed with torch.
+    vae, x = vae_and_x
+    n, b = x.shape[0], 4
+
+    def model(x):
+        pyro.module("decoder", vae.decoder)
+        with pyro.plate("data", n, subsample_size=b) as index:
+            z = pyro.sample("z", dist.Normal(x.new_zeros(b, 4), 1.0).to_event(1))
+            pyro.sample("x", vae.likelihood(vae.decoder(z)), obs=x[index])
+
+    def guide(x):
+        pyro.module("encoder", vae.encoder)
+        with pyro.plate("data", n, subsample_size=b) as index:
+            loc, scale = vae.encoder(x[index])
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    elbo = make_elbo("iwae", num_particles=K)
+    elbo.loss(model, guide, x)
+    pyro.set_rng_seed(5)
+    loss = elbo.loss(model, guide, x)
+    pyro.set_rng_seed(5)
+    w = elbo.weights(model, guide, x)
+    assert w.scale == n / b
+    index = w.guide_trace.nodes["data"]["value"]
+    z = w.guide_trace.nodes["z"]["value"].detach()
+    expected = -(n / b) * _by_torch(vae, x[index], z, BOUNDS["iwae"]).sum().item()
+    assert loss == pytest.approx(expected, rel=1e-5)
