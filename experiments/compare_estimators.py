@@ -1,7 +1,7 @@
 """Estimator study: the same VAE trained under each ELBO estimator at an equal budget, over
 several seeds, side by side on bound, likelihood, gradient noise and time.
 
-    .venv/bin/python experiments/compare_estimators.py           # 7 configurations x 3 seeds
+    .venv/bin/python experiments/compare_estimators.py           # 7 configurations x 3 seeds, 85 min
     .venv/bin/python experiments/compare_estimators.py --estimators meanfield iwae-dreg-50
     .venv/bin/python experiments/compare_estimators.py --quick   # seconds (tests)
 
@@ -18,10 +18,12 @@ a NaN loss) is reported in the table with its error, and the study goes on. The 
 configurations rest on Pyro's `TraceMeanField_ELBO` and on our per-data-point estimators
 (pyro_vae/iwae.py), none on Pyro's `RenyiELBO` or `TraceTailAdaptive_ELBO` (pyro #3104, #3170).
 
-The budget. The default, 5 epochs, makes the full study (21 runs) about 90 minutes on 2 CPU
-cores: IS-5000 on all 10,000 test images costs about 3 minutes a run (60 of the 90), and the
-k = 50 runs are four fifths of the training time (44 s an epoch against 3-5 s). Ten epochs
-would take the study past 120 minutes.
+The budget. The default, 5 epochs, made the full study (21 runs) take 85 minutes on 2 CPU
+cores: IS-5000 on all 10,000 test images costs about 3.2 minutes a run (67 of the 85), and
+the k = 50 runs are four fifths of the training time (27 s an epoch against 2-5 s). Each
+further epoch of all 21 runs costs about 3.5 minutes, so 150 minutes would have bought about
+20 epochs; 5 keeps the study inside one working session, with the seeds that make its
+differences readable.
 
 Per run: the test ELBO (analytic KL, 10,000 images), the IS-K log-likelihood (K =
 --is-samples on the first --is-examples test images, all by default), active units, the
