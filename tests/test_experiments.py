@@ -120,5 +120,6 @@ def test_gradient_snr_study_quick(tmp_path):
         (s, e, k) for s in ("initial", "trained") for e in study.ESTIMATORS for k in ("1", "5")}
     assert all(float(r["encoder"]) > 0 and float(r["decoder"]) > 0 for r in rows)
     readme = (out / "README.md").read_text()
-    assert "encoder slope" in readme and "](snr_vs_k.png)" in readme
+    assert "initial, iwae: encoder SNR " in readme and "(slope " in readme
+    assert "](snr_vs_k.png)" in readme
     assert (out / "snr_vs_k.png").read_bytes().startswith(b"\x89PNG")
