@@ -19,8 +19,9 @@ configurations rest on Pyro's `TraceMeanField_ELBO` and on our per-data-point es
 (pyro_vae/iwae.py), none on Pyro's `RenyiELBO` or `TraceTailAdaptive_ELBO` (pyro #3104, #3170).
 
 The budget. The default, 5 epochs, made the full study (21 runs) take 85 minutes on 2 CPU
-cores: IS-5000 on all 10,000 test images costs about 3.2 minutes a run (67 of the 85), and
-the k = 50 runs are four fifths of the training time (27 s an epoch against 2-5 s). Each
+cores: what is not training (IS-5000 on all 10,000 test images, with the gradient SNR, test
+ELBO and active units) took about 3.2 minutes a run, 67 of the 85, and the k = 50 runs are
+four fifths of the training time (27 s an epoch against 2-5 s). Each
 further epoch of all 21 runs costs about 3.5 minutes, so 150 minutes would have bought about
 20 epochs; 5 keeps the study inside one working session, with the seeds that make its
 differences readable.
