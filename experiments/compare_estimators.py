@@ -1,7 +1,7 @@
 """Estimator study: the same VAE trained under each ELBO estimator at an equal budget, over
 several seeds, side by side on bound, likelihood, gradient noise and time.
 
-    .venv/bin/python experiments/compare_estimators.py           # 7 configurations x 3 seeds, 85 min
+    .venv/bin/python experiments/compare_estimators.py           # 7 configs x 3 seeds, 85 min
     .venv/bin/python experiments/compare_estimators.py --estimators meanfield iwae-dreg-50
     .venv/bin/python experiments/compare_estimators.py --quick   # seconds (tests)
 

@@ -213,7 +213,7 @@ class DReG(ImportanceWeightedELBO):
     r"""``iwae-dreg``: the importance-weighted bound with doubly reparameterized guide
     gradients (Tucker et al., 2019, eq. 7).
 
-    One backward pass gives both gradients. The model is replayed on copies of the draws
+    One backward pass gives both gradients. The model is replayed on views of the draws
     whose incoming gradient is multiplied by :math:`\tilde w_i` (a hook), and the surrogate
     is :math:`\sum_i \overline{\tilde w_i} \log p_\theta(x, z_i') - \overline{\tilde w_i^2}
     \log q^{\rm path}_\phi(z_i)`: the model's parameters get :math:`\sum_i \tilde w_i

@@ -88,11 +88,12 @@ def scale_per_point(traces: dict, plate: str) -> torch.Tensor | float:
     return first
 
 
-def plate_nesting(model: Callable, guide: Callable, *args) -> int:
+def plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
     """The deepest plate dimension used by model and guide (1 for a single data plate)."""
     with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs)
     return max((-frame.dim for trace in (model_trace, guide_trace)
                 for _, site in sample_sites(trace) for frame in site["cond_indep_stack"]
                 if frame.vectorized), default=0)
