@@ -192,9 +192,6 @@ def make_elbo(
         raise ValueError(
             f"jit is available for {', '.join(COMPILABLE)} only; Pyro has no compiled {name!r}"
         )
-    if name == "tail-adaptive" and num_particles < 2:
-        raise ValueError("tail-adaptive ranks particles against each other: it needs "
-                         f"num_particles >= 2 (got {num_particles})")
     if name in _WEIGHTED and num_particles > 1 and not vectorize_particles:
         raise ValueError(f"{name!r} weighs each data point's k particles against each other, "
                          "so it draws them together: it needs vectorized particles")
