@@ -342,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", dest="batch_size", type=int, help=f"({d.batch_size})")
     t.add_argument("--optimizer", choices=OPTIMIZERS, help=f"({d.optimizer})")
     t.add_argument("--lr", type=float, help=f"learning rate ({d.lr})")
+    t.add_argument("--eps", type=float, help="Adam's epsilon (torch's 1e-8)")
     t.add_argument("--epochs", type=int, help=f"total epochs, also when resuming ({d.epochs})")
     t.add_argument("--particles", type=int,
                    help=f"samples per data point; k of iwae ({d.particles})")

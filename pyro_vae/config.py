@@ -38,6 +38,9 @@ class Config:
     # The step follows the gradient of the batch's *summed* negative bound, as Pyro's SVI
     # does: with SGD the effective step grows with the batch size; Adam does not care.
     lr: float = 1e-3
+    # Adam's epsilon, added to the root of the second-moment estimate (None: torch's 1e-8);
+    # the importance-weighted autoencoder paper trains with 1e-4.
+    eps: float | None = None
     schedule: str | None = None  # a learning-rate schedule by name (schedules.SCHEDULES)
     clip_norm: float | None = None  # clip the gradient's global 2-norm to this before a step
     batch_size: int = 128
@@ -52,6 +55,9 @@ class Config:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.eps is not None and (self.optimizer != "adam" or not self.eps > 0):
+            raise ValueError(f"eps is Adam's and must be positive, got eps={self.eps} with "
+                             f"optimizer {self.optimizer!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
         if self.optimizer not in OPTIMIZERS:

@@ -134,7 +134,8 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
     generator = torch.Generator(device=config.device).manual_seed(config.seed)
     # fused: the whole update in one kernel per parameter, about 4x faster on a CPU than
     # the default per-operation loop (benchmarks/README.md); torch >= 2.4 on CPUs
-    optimizer = OPTIMIZERS[config.optimizer](params.values(), lr=config.lr, fused=True)
+    eps = {} if config.eps is None else {"eps": config.eps}
+    optimizer = OPTIMIZERS[config.optimizer](params.values(), lr=config.lr, fused=True, **eps)
     scheduler = make_scheduler(optimizer) if make_scheduler else None
     if resume:
         restore_params(params, state["params"], run_dir / CHECKPOINT)

@@ -123,3 +123,40 @@ def test_gradient_snr_study_quick(tmp_path):
     assert "initial, iwae: encoder SNR " in readme and "(slope " in readme
     assert "](snr_vs_k.png)" in readme
     assert (out / "snr_vs_k.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_iwae_paper_study_quick(tmp_path, capsys):
+    study = _load("iwae_paper")
+    out = _run_quick("iwae_paper", tmp_path, "--estimators", "vae-1", "iwae-5")
+    readme = (out / "README.md").read_text()
+    for layers, row in [(1, "vae-1"), (1, "iwae-5"), (2, "vae-1"), (2, "iwae-5")]:
+        line = next(x for x in readme.splitlines() if x.startswith(f"| {layers} | {row} |"))
+        paper = study.PAPER.get((layers, row))
+        assert line.split(" | ")[2] == ("—" if paper is None else f"{paper:.2f}")
+        assert " ± " in line and "(IS-20, 100 images)" in line and "| 2 (2 of 8) |" in line
+        assert f"--layers {layers} --estimators {row} --seed 0 --epochs 2 --threads " in line
+    assert "h1 " in readme and "h2 " in readme  # active units of both latent layers
+    saved = sorted(p.name for p in (out / "results").glob("*.json"))
+    assert saved == ["1-layer_iwae-5_seed-0.json", "1-layer_vae-1_seed-0.json",
+                     "2-layer_iwae-5_seed-0.json", "2-layer_vae-1_seed-0.json"]
+    # Run again: the finished rows are read back, nothing trains.
+    capsys.readouterr()
+    _run_quick("iwae_paper", tmp_path, "--estimators", "vae-1", "--layers", "2")
+    printed = capsys.readouterr().out
+    assert "2-layer_vae-1_seed-0: done before" in printed and " epoch " not in printed
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_route_to_88_quick(tmp_path, capsys):
+    out = _run_quick("route_to_88", tmp_path, "--name", "quick")
+    readme = (out / "README.md").read_text()
+    row = next(x for x in readme.splitlines() if x.startswith("| quick | 3 | "))
+    assert "(IS-20, 200 images)" in row and row.count("not reached") == 3
+    with open(out / "curves.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    assert (out / "nll_vs_minutes.png").read_bytes().startswith(b"\x89PNG")
+    # The same name with other settings is refused, and the finished run is left alone.
+    with pytest.raises(SystemExit, match="holds a run with other settings"):
+        _run_quick("route_to_88", tmp_path, "--name", "quick", "--lr", "3e-3")
+    assert (out / "README.md").read_text() == readme

@@ -291,3 +291,12 @@ def test_a_checkpoint_with_one_random_state_per_run_still_resumes(mnist_small, t
     torch.save(state, path)
     _, resumed = _train(data, tmp_path / "b", resume=True, epochs=2)
     assert resumed[-1]["test_loss"] == straight[-1]["test_loss"]
+
+
+def test_adam_epsilon_reaches_the_optimizer_and_is_checked(mnist_small, tmp_path):
+    _train(mnist_small.subset(train=200, test=100), tmp_path / "run", epochs=1, eps=1e-4)
+    groups = load_checkpoint(tmp_path / "run")["optimizer"]["param_groups"]
+    assert groups and all(g["eps"] == 1e-4 for g in groups)
+    for wrong in (dict(eps=1e-4, optimizer="sgd"), dict(eps=0.0), dict(eps=-1.0)):
+        with pytest.raises(ValueError, match="eps is Adam's and must be positive"):
+            Config(**wrong).check()
