@@ -178,8 +178,7 @@ def final_numbers(vae, data, is_samples: int, is_examples: int, device: str,
                         progress=sys.stderr.isatty())
     return dict(nll=-ll.mean().item(), nll_se=(ll.std() / len(ll) ** 0.5).item(),
                 is_samples=is_samples, is_examples=len(ll),
-                test_elbo=elbo(vae.model, vae.guide, data.to(device),
-                               estimator="meanfield" if len(sites) == 1 else "trace"),
+                test_elbo=elbo(vae.model, vae.guide, data.to(device)),
                 active_units={s: active_units(vae.guide, x, site=s)[0] for s in sites})
 
 
