@@ -128,7 +128,14 @@ def test_gradient_snr_study_quick(tmp_path):
 @pytest.mark.usefixtures("mnist_binary")
 def test_iwae_paper_study_quick(tmp_path, capsys):
     study = _load("iwae_paper")
+    # A long schedule runs in chunks: one epoch, then the run resumes for the second.
+    _run_quick("iwae_paper", tmp_path, "--estimators", "vae-1", "--layers", "1", "--epochs", "1")
+    assert "| 1 (1 of 8) |" in (tmp_path / "iwae_paper" / "README.md").read_text()
+    capsys.readouterr()
     out = _run_quick("iwae_paper", tmp_path, "--estimators", "vae-1", "iwae-5")
+    printed = capsys.readouterr().out
+    assert "1-layer_vae-1_seed-0 epoch    2" in printed
+    assert "1-layer_vae-1_seed-0 epoch    1" not in printed  # resumed, not trained again
     readme = (out / "README.md").read_text()
     for layers, row in [(1, "vae-1"), (1, "iwae-5"), (2, "vae-1"), (2, "iwae-5")]:
         line = next(x for x in readme.splitlines() if x.startswith(f"| {layers} | {row} |"))
