@@ -147,6 +147,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import (
         active_units,
         elbo,
+        elbo_estimator,
         kl_per_dimension,
         log_likelihood,
         standard_normal_prior,
@@ -206,7 +207,8 @@ def evaluate(args: argparse.Namespace) -> int:
         "examples": x.shape[0],
         "binarization": binarization,
         "elbo": bound,
-        "elbo_estimator": "TraceMeanField_ELBO, 1 particle",
+        "elbo_estimator": {"meanfield": "TraceMeanField_ELBO", "trace": "Trace_ELBO"}[
+            elbo_estimator(guide, x[:1])] + ", 1 particle",
         "log_likelihood": ll_mean,
         "log_likelihood_stderr": ll_stderr,
         "log_likelihood_estimator": f"IS-{args.is_samples}, seed {args.seed}",

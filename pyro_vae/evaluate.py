@@ -52,16 +52,21 @@ def elbo(
     earlier site's draw, as given, and so miss the dependence (a hierarchy such as the
     two-layer VAE of experiments/iwae_paper.py). The latent draws come from ``seed``; the
     caller's random state is left as it was."""
-    x = next(data.eval_batches(split, 1))
-    with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        latent = [n for n, site in sample_sites(poutine.trace(guide).get_trace(x))
-                  if not site["is_observed"]]
-    estimator = make_elbo("meanfield" if len(latent) == 1 else "trace",
+    estimator = make_elbo(elbo_estimator(guide, next(data.eval_batches(split, 1))),
                           num_particles=num_particles)
     batches = data.eval_batches(split, batch_size, EVAL_SEED)
     with torch.random.fork_rng(devices=[data.x_test.device] if data.x_test.is_cuda else []):
         pyro.set_rng_seed(seed)
         return -mean_loss(estimator, model, guide, batches)
+
+
+def elbo_estimator(guide: Callable, x: torch.Tensor) -> str:
+    """The estimator :func:`elbo` uses for ``guide``: ``"meanfield"`` for one latent site,
+    ``"trace"`` for several."""
+    with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        trace = poutine.trace(guide).get_trace(x)
+    latent = [name for name, site in sample_sites(trace) if not site["is_observed"]]
+    return "meanfield" if len(latent) == 1 else "trace"
 
 
 @torch.no_grad()
