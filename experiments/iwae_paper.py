@@ -125,7 +125,6 @@ class LikelihoodCurve(Callback):
 
     def __init__(self, vae, x, num_samples: int, at, label: str):
         self.vae, self.x, self.num_samples, self.at, self.label = vae, x, num_samples, at, label
-        self.seconds = 0.0
 
     def after_epoch(self, epoch: int, record: dict) -> dict:
         if not self.at(epoch):
