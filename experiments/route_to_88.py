@@ -91,7 +91,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, nargs="+", default=[200, 200])
     parser.add_argument("--elbo", choices=("meanfield", "iwae-dreg", "iwae"), default="meanfield")
     parser.add_argument("--particles", type=int, default=1)
-    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction,
+                        help="compile the estimator (default: for meanfield, which Pyro compiles)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--curve-every", type=int, default=50, help="epochs between points")
     parser.add_argument("--curve-samples", type=int, default=250)
@@ -109,8 +110,8 @@ def arguments() -> argparse.Namespace:
         args.is_samples, args.is_examples = 20, 200
     if args.elbo == "meanfield" and args.particles != 1:
         parser.error("the route's meanfield runs use one particle (k = 1)")
-    if args.elbo != "meanfield" and args.jit:
-        args.jit = False  # Pyro compiles its own estimators only
+    if args.jit is None:  # Pyro compiles its own estimators only; Config refuses the others
+        args.jit = args.elbo == "meanfield"
     args.name = args.name or name_of(args)
     return args
 
