@@ -2,6 +2,8 @@
 
     pyro-vae train --dataset mnist-binary --likelihood bernoulli --elbo meanfield --epochs 10
     pyro-vae train --resume RUN_DIR [--epochs N]
+    pyro-vae train --dataset path/to/images --network conv --image-size 32 32
+    pyro-vae train --dataset vectors.csv --likelihood gaussian-shared
     pyro-vae train --model my_model.py:make_vae --model-args '{"z_dim": 10}' --elbo trace
     pyro-vae evaluate RUN_DIR [--model my_model.py:make_vae] [--device cpu]
     pyro-vae sample RUN_DIR
@@ -31,14 +33,14 @@ from .distributed import World
 from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
-from .networks import ACTIVATIONS
+from .networks import ACTIVATIONS, NETWORKS
 from .rundir import RunError, atomic_write_text, load_run, read_config, read_model
 from .schedules import SCHEDULES
 from .spec import build_model, rebuild, resolve
 from .train import fit
 
 # The flags that describe the built-in VAE (the model), apart from how it trains (Config).
-VAE_FLAGS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation")
+VAE_FLAGS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation", "network")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except (RunError, ValueError) as e:  # DataError and bad options are ValueErrors
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        # Pyro appends the trace's shapes to an error raised inside a model: not for users
+        message = str(e).split("Trace Shapes:")[0].rstrip()
+        print(f"pyro-vae: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
@@ -58,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    if args.image_size is not None and len(args.image_size) == 1:
+        args.image_size *= 2  # one number: square images
     given = {f.name: getattr(args, f.name) for f in fields(Config)
              if getattr(args, f.name, None) is not None}
     vae_flags = [name for name in VAE_FLAGS if getattr(args, name) is not None]
@@ -90,16 +96,16 @@ def train(args: argparse.Namespace) -> int:
     elif args.model:
         resolve(args.model)
     else:
-        _vae(args, x_dim=1)
+        _vae(args, x_dim=16, image_shape=(1, 4, 4))  # the flags' checks, before any data
     world.check(config.elbo, config.jit)
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
-    data = load_dataset(config.dataset)
+    data = load_dataset(config.dataset, image_size=config.image_size)
     if args.model and not args.resume:
         built = build_model(args.model, **model_args)
     elif not args.resume:
-        built = _vae(args, data.x_dim)
+        built = _vae(args, data.x_dim, data.image_shape)
     callbacks = [TensorBoard(run_dir / "tensorboard")] if args.tensorboard and world.main else []
     if world.main:
         print(f"run directory: {run_dir}" + (f" ({world.size} processes)" if world.size > 1
@@ -113,17 +119,19 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vae(args: argparse.Namespace, x_dim: int) -> VAE:
+def _vae(args: argparse.Namespace, x_dim: int, image_shape) -> VAE:
     """The built-in VAE of the flags given (VAE's defaults for the others)."""
     options = {name: getattr(args, name) for name in ("sigma", "min_scale")
                if getattr(args, name) is not None}
     arguments = {name: getattr(args, name) for name in ("likelihood", "z_dim", "hidden",
-                                                         "activation")
+                                                         "activation", "network")
                  if getattr(args, name) is not None}
     if arguments.get("z_dim", 1) < 1:
         raise ValueError(f"z_dim must be at least 1, got {arguments['z_dim']}")
     if any(h < 1 for h in arguments.get("hidden", [1])):
         raise ValueError(f"hidden sizes must be at least 1, got {arguments['hidden']}")
+    if arguments.get("network") == "conv":
+        arguments["image_shape"] = image_shape
     return VAE(x_dim=x_dim, likelihood_options=options, **arguments)
 
 
@@ -279,7 +287,7 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 
 def _require_images(data, command: str) -> None:
-    if data.image_shape is None or len(data.image_shape) != 2:
+    if data.image_shape is None:
         raise ValueError(f"{command} draws images, and {data.name} holds vectors of "
                          f"{data.x_dim} numbers")
 
@@ -318,7 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     t = commands.add_parser("train", help="train a VAE with SVI (or resume a run)")
     t.set_defaults(command=train)
     # Defaults are None so that only the flags actually given override a config.
-    t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a .npz path ({d.dataset})")
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a path: a .npz or .csv file, "
+                   f"or a folder of PNG/JPEG images in class sub-folders ({d.dataset})")
+    t.add_argument("--image-size", dest="image_size", type=int, nargs="+",
+                   metavar=("HEIGHT", "WIDTH"),
+                   help="resize a folder's images to this (one number: square)")
     vae = t.add_argument_group("the built-in VAE (its architecture is recorded in the run)")
     vae.add_argument("--likelihood", choices=LIKELIHOODS, help=f"({v['likelihood']})")
     vae.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
@@ -328,6 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--hidden", type=int, nargs="+",
                      help=f"encoder hidden sizes; the decoder mirrors them ({v['hidden'][0]})")
     vae.add_argument("--activation", choices=ACTIVATIONS, help=f"({v['activation']})")
+    vae.add_argument("--network", choices=NETWORKS,
+                     help=f"encoder and decoder: MLPs or convolutional nets for images "
+                     f"({v['network']})")
     own = t.add_argument_group("or your own model")
     own.add_argument("--model", metavar="FACTORY",
                      help="path/to/file.py:function or package.module:function returning an "

@@ -25,6 +25,8 @@ class Config:
     """Everything about how a run trains: data, estimator, optimizer, schedule, seed."""
 
     dataset: str = "mnist-binary"
+    # [height, width] that a folder of images is resized to (None: the images' own size)
+    image_size: list[int] | None = None
     # The estimator by name (pyro_vae.estimators.ESTIMATORS); None when fit was given an
     # estimator object (its description is then recorded beside the config).
     elbo: str | None = "meanfield"
@@ -60,6 +62,10 @@ class Config:
                              f"optimizer {self.optimizer!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+        if self.image_size is not None and (len(self.image_size) != 2
+                                            or min(self.image_size) < 1):
+            raise ValueError(f"image_size is [height, width], each at least 1, got "
+                             f"{self.image_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}"

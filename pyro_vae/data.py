@@ -21,6 +21,7 @@ A corrupt or truncated file is reported and never trained on.
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import hashlib
 import io
@@ -81,7 +82,9 @@ class Dataset:
     x_test: torch.Tensor
     y_train: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
-    image_shape: tuple[int, ...] | None = None  # e.g. (28, 28); None for plain vectors
+    # (channels, height, width) of each row: (1, 28, 28) for MNIST, (3, H, W) for colour;
+    # None for plain vectors (a .csv file, a .npz file of (N, D))
+    image_shape: tuple[int, int, int] | None = None
     binarize: bool = False  # dynamic binarization: each batch is a fresh Bernoulli draw
 
     @property
@@ -94,25 +97,41 @@ class Dataset:
         batch_size: int,
         generator: torch.Generator | None = None,
         shuffle: bool = True,
-    ) -> Iterator[torch.Tensor]:
+        labels: bool = False,
+    ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches of ``split`` ("train" or "test") in a random order drawn from
         ``generator`` (or in file order with ``shuffle=False``); with ``binarize`` each
-        batch is a fresh Bernoulli draw from the same generator."""
+        batch is a fresh Bernoulli draw from the same generator. With ``labels``, each batch
+        is a pair ``(x, y)``, the labels of the same rows (``-1`` where a label is unknown,
+        as in semi-supervised training)."""
         x = self.split(split)
+        y = self.labels(split) if labels else None
         n = x.shape[0]
         order = torch.randperm(n, generator=generator, device=x.device) if shuffle else None
         for start in range(0, n, batch_size):
-            end = min(start + batch_size, n)
-            batch = x[order[start:end]] if shuffle else x[start:end]
+            end = start + batch_size
+            rows = order[start:end] if shuffle else slice(start, end)
+            batch = x[rows]
             if self.binarize:
                 batch = torch.bernoulli(batch, generator=generator)
-            yield batch
+            yield (batch, y[rows]) if labels else batch
 
-    def eval_batches(self, split: str, batch_size: int, seed: int = EVAL_SEED):
+    def eval_batches(self, split: str, batch_size: int, seed: int = EVAL_SEED,
+                     labels: bool = False):
         """Batches of ``split`` in file order, binarized (if at all) by a fixed draw from
         ``seed``: the same data every time, so evaluations are comparable."""
         generator = torch.Generator(device=self.x_train.device).manual_seed(seed)
-        return self.batches(split, batch_size, generator, shuffle=False)
+        return self.batches(split, batch_size, generator, shuffle=False, labels=labels)
+
+    def labels(self, split: str) -> torch.Tensor:
+        """The labels of ``split``; a :class:`DataError` naming the dataset if it has none."""
+        self.split(split)  # a bad name fails here
+        y = self.y_train if split == "train" else self.y_test
+        if y is None:
+            raise DataError(f"dataset {self.name!r} has no labels for its {split} split: a "
+                            "model of (x, y) needs a labelled dataset (mnist, fashion-mnist, "
+                            "a folder of class sub-folders, a .npz file with y)")
+        return y
 
     def split(self, split: str) -> torch.Tensor:
         if split not in ("train", "test"):
@@ -141,20 +160,33 @@ class Dataset:
         )
 
 
-def load_dataset(name: str, root: str | Path | None = None, download: bool = True) -> Dataset:
-    """Load ``mnist``, ``mnist-binary``, ``fashion-mnist`` or a path to a ``.npz`` file.
+def load_dataset(name: str, root: str | Path | None = None, download: bool = True,
+                 image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load ``mnist``, ``mnist-binary``, ``fashion-mnist``, or a path to your own data:
 
-    A ``.npz`` file holds ``x`` (N, D) or (N, H, W) as uint8 (0..255) or floats in [0, 1],
-    and optionally ``y`` (N,) integer labels, ``x_test`` and ``y_test``. Without ``x_test``,
-    a fixed random 10% of the examples is held out as the test split.
+    - a ``.npz`` file: ``x`` (N, D) vectors or (N, H, W) grey images, and optionally ``y``
+      (N,) integer labels, ``x_test`` and ``y_test``. Images are uint8 (0..255) or floats in
+      [0, 1]; vectors may be any finite numbers (for the Gaussian likelihoods);
+    - a ``.csv`` file: N rows of D numbers (:func:`load_csv`);
+    - a folder of PNG/JPEG images, labelled by their class sub-folders
+      (:func:`load_image_folder`; ``image_size`` resizes them).
+
+    Without a test split of their own, a fixed part of the examples is held out (``.npz``,
+    ``.csv``: a random 10%, seed 0; folders: every 10th image of each class).
     """
     name = str(name)
+    if image_size is not None and not Path(name).is_dir():
+        raise DataError(f"image_size is for a folder of images, not for {name!r}")
     if name.endswith(".npz"):
         return load_npz(name)
+    if name.endswith(".csv"):
+        return load_csv(name)
+    if Path(name).is_dir():
+        return load_image_folder(name, image_size)
     if name not in DATASETS:
         raise DataError(
             f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}, "
-            "or a path to a .npz file"
+            "or a path to a .npz file, a .csv file or a folder of images"
         )
     folder = fetch(name, root, download)
     images = {f: read_idx(folder / f) for f in IDX_FILES}
@@ -168,7 +200,7 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
         x_test=images_to_float(images["t10k-images-idx3-ubyte"]),
         y_train=torch.from_numpy(images["train-labels-idx1-ubyte"].astype(np.int64)),
         y_test=torch.from_numpy(images["t10k-labels-idx1-ubyte"].astype(np.int64)),
-        image_shape=tuple(images["train-images-idx3-ubyte"].shape[1:]),
+        image_shape=(1, *images["train-images-idx3-ubyte"].shape[1:]),
         binarize=name == "mnist-binary",
     )
 
@@ -355,12 +387,10 @@ def load_npz(path: str | Path) -> Dataset:
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: x_test has shape {x_test.shape}, x has {x.shape}")
     else:
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
-        n_test = max(1, int(NPZ_TEST_FRACTION * x.shape[0]))
-        test, train = order[:n_test], order[n_test:]
+        train, test = _held_out(x.shape[0])
         x, x_test = x[train], x[test]
         y, y_test = (None, None) if y is None else (y[train], y[test])
-    image_shape = tuple(x.shape[1:]) if x.ndim == 3 else None
+    image_shape = (1, *x.shape[1:]) if x.ndim == 3 else None
     return Dataset(
         name=str(path),
         x_train=x.reshape(x.shape[0], -1),
@@ -384,14 +414,14 @@ def _npz_images(a: np.ndarray, what: str) -> torch.Tensor:
         if not torch.isfinite(t).all():
             raise DataError(f"{what} contains NaN or infinite values")
         lo, hi = t.min().item(), t.max().item()
-        if lo < 0 or hi > 1:
+        if a.ndim == 3 and (lo < 0 or hi > 1):
             raise DataError(
-                f"{what} has values in [{lo:g}, {hi:g}]; float data must lie in [0, 1] "
+                f"{what} has values in [{lo:g}, {hi:g}]; float images must lie in [0, 1] "
                 "(divide uint8 images by 255, or store them as uint8)"
             )
         return t
     raise DataError(
-        f"{what} has dtype {a.dtype}; use uint8 (0..255) or floats in [0, 1]"
+        f"{what} has dtype {a.dtype}; use uint8 (0..255) images or floats"
     )
 
 
@@ -401,6 +431,158 @@ def _npz_labels(a: np.ndarray | None, n: int, what: str) -> torch.Tensor | None:
     if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
         raise DataError(f"{what} has shape {a.shape} and dtype {a.dtype}; expected ({n},) integers")
     return torch.from_numpy(a.astype(np.int64))
+
+
+def _held_out(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, test rows) of a file without a test split: a fixed random 10% held out."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    n_test = max(1, int(NPZ_TEST_FRACTION * n))
+    return order[n_test:], order[:n_test]
+
+
+# --------------------------------------------------------------------------- .csv files
+
+
+def load_csv(path: str | Path) -> Dataset:
+    """Vectors from a ``.csv`` file: one example per row, D numbers per row, comma
+    separated; a first row that is not all numbers is a header. A header column named
+    ``label`` (integers) is the label instead of a feature. A random 10% of the rows (seed
+    0) is the test split. Any cell that is not a number is refused by row and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    try:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} cannot be read as a CSV file ({_one_line(e)})") from e
+    header = None
+    if rows and not all(_is_number(cell) for cell in rows[0]):
+        header, rows = [cell.strip() for cell in rows[0]], rows[1:]
+    if len(rows) < 2:
+        raise DataError(f"{path} has {len(rows)} data rows; it needs at least 2")
+    width = len(header) if header else len(rows[0])
+    values = np.empty((len(rows), width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        line = i + 1 + (header is not None)
+        if len(row) != width:
+            raise DataError(f"{path}, line {line}: {len(row)} cells, expected {width}")
+        for j, cell in enumerate(row):
+            try:
+                values[i, j] = float(cell)
+            except ValueError:
+                raise DataError(f"{path}, line {line}, column {j + 1}: {cell.strip()!r} is not "
+                                "a number (a CSV of vectors holds numbers only, after an "
+                                "optional header row)") from None
+    if not np.isfinite(values).all():
+        i, j = np.argwhere(~np.isfinite(values))[0]
+        raise DataError(f"{path}, line {i + 1 + (header is not None)}, column {j + 1}: "
+                        f"{values[i, j]} is not a finite number")
+    y = None
+    if header and "label" in header:
+        column = header.index("label")
+        y = values[:, column]
+        if not (y == np.round(y)).all():
+            raise DataError(f"{path}: the column 'label' holds non-integers")
+        y = torch.from_numpy(y.astype(np.int64))
+        values = np.delete(values, column, axis=1)
+    x = torch.from_numpy(values.astype(np.float32))
+    train, test = _held_out(x.shape[0])
+    return Dataset(name=str(path), x_train=x[train], x_test=x[test],
+                   y_train=None if y is None else y[train],
+                   y_test=None if y is None else y[test])
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- image folders
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+FOLDER_TEST_EVERY = 10  # every 10th image of each class (in file-name order) is a test image
+
+
+def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = None) -> Dataset:
+    """A folder of PNG/JPEG images, decoded by Pillow.
+
+    - Labels: as ``torchvision.datasets.ImageFolder``: each sub-folder is a class (sorted by
+      name, labels 0, 1, ...), holding its images at any depth; images directly in the
+      folder, without sub-folders, are unlabelled.
+    - Channels: grey images (Pillow modes ``1``, ``L``, ``I``, ...) give 1 channel, colour
+      (``RGB``, palette, ...) 3; an alpha channel is dropped. A folder mixing the two is
+      refused, naming one file of each.
+    - Size: all images must share one size, unless ``image_size`` (height, width) is given,
+      to which every image is resized (bilinear).
+    - Split: every 10th image of each class in file-name order (the 10th, 20th, ...) is a
+      test image; a class of fewer than 10 images gives its last one.
+
+    Rows hold the pixels in (channel, height, width) order as floats in [0, 1]; the
+    dataset's ``image_shape`` is (channels, height, width).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    groups = [(i, _images_under(root / c)) for i, c in enumerate(classes)] if classes else [
+        (None, sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))]
+    groups = [(label, files) for label, files in groups if files]
+    if not groups:
+        raise DataError(f"{root}: no images in it ({', '.join(IMAGE_SUFFIXES)} files, in the "
+                        "folder itself or in class sub-folders)")
+    pictures, labels, tests, first_of = [], [], [], {}
+    for label, files in groups:
+        for k, file in enumerate(files):
+            try:
+                with Image.open(file) as image:
+                    image.load()
+                    grey = image.mode in ("1", "L", "LA", "F") or image.mode.startswith("I")
+                    channels = 1 if grey else 3
+                    image = image.convert("L" if channels == 1 else "RGB")
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise DataError(f"{file}: cannot be read as an image ({_one_line(e)})") from e
+            first_of.setdefault(channels, file)
+            if len(first_of) > 1:
+                raise DataError(f"{root}: images mix grey and colour: {first_of[1]} is grey "
+                                f"(1 channel), {first_of[3]} is colour (3 channels); convert "
+                                "them to one kind")
+            if image_size is not None and image.size != (image_size[1], image_size[0]):
+                image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+            pictures.append((file, array if array.ndim == 3 else array[..., None]))
+            labels.append(-1 if label is None else label)
+            last = k == len(files) - 1 and len(files) < FOLDER_TEST_EVERY
+            tests.append((k + 1) % FOLDER_TEST_EVERY == 0 or (last and len(files) > 1))
+    shapes = {a.shape for _, a in pictures}
+    if len(shapes) > 1:
+        (file_a, a), (file_b, b) = pictures[0], next(p for p in pictures if p[1].shape !=
+                                                     pictures[0][1].shape)
+        raise DataError(f"{root}: images differ in size: {file_a} is {a.shape[1]}x{a.shape[0]}, "
+                        f"{file_b} is {b.shape[1]}x{b.shape[0]} (width x height); pass an "
+                        "image size (--image-size HEIGHT WIDTH) to resize them all")
+    x = torch.from_numpy(np.stack([a for _, a in pictures])).permute(0, 3, 1, 2)
+    image_shape = tuple(x.shape[1:])
+    x = x.reshape(x.shape[0], -1).float().div_(255)
+    test = torch.tensor(tests)
+    if not test.any() or test.all():
+        raise DataError(f"{root}: {len(pictures)} image(s) cannot be split into training and "
+                        f"test images (every {FOLDER_TEST_EVERY}th image of each class is a "
+                        "test image); add more images")
+    y = torch.tensor(labels)
+    labelled = bool(classes)
+    return Dataset(name=str(root), x_train=x[~test], x_test=x[test],
+                   y_train=y[~test] if labelled else None, y_test=y[test] if labelled else None,
+                   image_shape=image_shape)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and p.is_file() and not any(part.startswith(".") for part in
+                                              p.relative_to(folder).parts))
 
 
 def _one_line(e: BaseException) -> str:

@@ -133,9 +133,9 @@ class World:
 
 def data_parallel_step(
     elbo: ELBO, model: Callable, guide: Callable, params: dict[str, torch.Tensor], world: World
-) -> Callable[[torch.Tensor], float]:
-    """A function ``step(x)`` that puts on every parameter the gradient of the global batch
-    ``x``'s summed loss, averaged by DDP over the processes, and returns that loss.
+) -> Callable[..., float]:
+    """A function ``step(x)`` (or ``step(x, y)``) that puts on every parameter the gradient
+    of the global batch's summed loss, averaged by DDP over the processes, and returns that loss.
 
     ``params`` are the param store's tensors by name: they must be ``nn.Parameter``s (declared
     through ``pyro.module``), the objects DDP synchronizes; a plain ``pyro.param`` is not one.
@@ -150,8 +150,8 @@ def data_parallel_step(
         module.register_parameter(f"param{i}", p)  # the same tensors the model and guide use
     ddp = DistributedDataParallel(module)  # also broadcasts the main process's values
 
-    def step(x: torch.Tensor) -> float:
-        loss = ddp(world.shard(x))
+    def step(*args: torch.Tensor) -> float:  # (x,) or (x, y)
+        loss = ddp(*[world.shard(a) for a in args])
         (loss * world.size).backward()
         return world.sum(loss.item())
 

@@ -10,6 +10,10 @@ Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` a
                    (Gaussian guide against Gaussian prior), by sampling otherwise.
 ``graph``          ``TraceGraph_ELBO``: Rao-Blackwellized score-function terms for sites that
                    cannot be reparameterized (Schulman et al., 2015).
+``enum``           ``TraceEnum_ELBO``: discrete latent sites marked for enumeration
+                   (``config_enumerate``) are summed out exactly, in parallel over their
+                   values, instead of sampled (Obermeyer et al., 2019, "Tensor Variable
+                   Elimination for Plated Factor Graphs"); other sites as in ``meanfield``.
 ``iwae``           the importance-weighted bound
                    :math:`\mathcal{L}_k = \mathbb{E}\log\frac1k\sum_i p(x,z_i)/q(z_i|x)`
                    of each data point (Burda, Grosse & Salakhutdinov, 2016); k is
@@ -39,6 +43,7 @@ from pyro.infer import (
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
     Trace_ELBO,
+    TraceEnum_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
@@ -85,34 +90,35 @@ class Compiled(ELBO):
         self._uncompiled_loss = template.loss  # the JIT classes' ``loss`` is not compiled
         self.compiles = type(template).__name__
 
-    def loss_and_grads(self, model: Callable, guide: Callable, x: torch.Tensor) -> float:
-        key = (tuple(x.shape), model, guide)  # bound methods are equal if of one object
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
+        # bound methods are equal if of one object
+        key = (tuple(tuple(a.shape) for a in args), model, guide)
         replay = self._by_shape.get(key)
         if replay is None:
-            replay = self._by_shape[key] = self._compile(model, guide, x)
+            replay = self._by_shape[key] = self._compile(model, guide, *args)
         with torch.jit.optimized_execution(False):
-            loss, surrogate = replay(x)
+            loss, surrogate = replay(*args)
             surrogate.backward()
         return torch_item(loss)
 
-    def loss(self, model: Callable, guide: Callable, x: torch.Tensor) -> float:
-        return self._uncompiled_loss(model, guide, x)
+    def loss(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
+        return self._uncompiled_loss(model, guide, *args)
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("a compiled estimator replays Pyro's JIT estimators; it "
                                   "has no traces of its own")
 
-    def _compile(self, model: Callable, guide: Callable, x: torch.Tensor):
+    def _compile(self, model: Callable, guide: Callable, *args: torch.Tensor):
         """Compile with a fresh Pyro JIT estimator on a forked random stream, leaving no
-        gradients behind; returns ``x -> (loss, surrogate loss)`` replaying its graph."""
+        gradients behind; returns ``args -> (loss, surrogate loss)`` replaying its graph."""
         elbo = self._make()
         params = pyro.get_param_store()
         grads = {name: p.grad for name, p in params.named_parameters()}
-        devices = [x.device] if x.device.type == "cuda" else []
+        devices = [args[0].device] if args[0].device.type == "cuda" else []
         with (torch.random.fork_rng(devices=devices), warnings.catch_warnings(),
               torch.jit.optimized_execution(False)):
             warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated", FutureWarning)
-            elbo.loss_and_grads(model, guide, x)
+            elbo.loss_and_grads(model, guide, *args)
         for name, p in params.named_parameters():
             p.grad = grads.get(name)
         # Each JIT class keeps its pyro.ops.jit.CompiledFunction under its own name and
@@ -123,9 +129,9 @@ class Compiled(ELBO):
         [graph] = function.compiled.values()
         names = function._param_names
 
-        def replay(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def replay(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             unconstrained = dict(params.named_parameters())
-            return outputs(graph(*[unconstrained[name] for name in names], x))
+            return outputs(graph(*[unconstrained[name] for name in names], *args))
 
         return replay
 
@@ -152,6 +158,7 @@ ESTIMATORS: dict[str, str] = {
     "trace": "Trace_ELBO, KL by sampling",
     "meanfield": "TraceMeanField_ELBO, analytic KL",
     "graph": "TraceGraph_ELBO, Rao-Blackwellized score function",
+    "enum": "TraceEnum_ELBO, enumerated discrete sites summed out exactly",
     "iwae": "importance-weighted bound per data point, k = particles",
     "renyi": "variational Renyi bound of order alpha, per data point",
     "iwae-dreg": "importance-weighted bound, doubly reparameterized guide gradients",
@@ -159,7 +166,8 @@ ESTIMATORS: dict[str, str] = {
     "tail-adaptive": "tail-adaptive f-divergence, particles ranked per data point",
 }
 _JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
-_PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO}
+_PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO,
+          "enum": TraceEnum_ELBO}
 _WEIGHTED = {"iwae": iwae.ImportanceWeightedELBO, "renyi": iwae.RenyiELBO,
              "iwae-dreg": iwae.DReG, "stl": iwae.StickingTheLanding,
              "tail-adaptive": iwae.TailAdaptiveELBO}
@@ -210,11 +218,13 @@ def make_elbo(
 
 @torch.no_grad()
 def mean_loss(
-    elbo: ELBO, model: Callable, guide: Callable, batches: Iterable[torch.Tensor]
+    elbo: ELBO, model: Callable, guide: Callable, batches: Iterable
 ) -> float:
-    """The estimator's negative bound averaged over every example of ``batches`` (nats)."""
+    """The estimator's negative bound averaged over every example of ``batches`` (nats);
+    a batch is ``x`` or the model's arguments ``(x, y)``."""
     total, n = 0.0, 0
-    for x in batches:
-        total += elbo.loss(model, guide, x)
-        n += x.shape[0]
+    for batch in batches:
+        args = batch if isinstance(batch, tuple) else (batch,)
+        total += elbo.loss(model, guide, *args)
+        n += args[0].shape[0]
     return total / n

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .data import EVAL_SEED, Dataset
 from .estimators import make_elbo, mean_loss
 from .memory import reuse_freed_memory
-from .traces import data_dim, log_prob_per_point, plate_nesting, sample_sites
+from .traces import data_dim, log_prob_per_point, plate_nesting, sample_sites, takes_labels
 
 _PARTICLES = "_importance_samples"
 _BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32
@@ -50,22 +50,28 @@ def elbo(
     (closed-form KL where one is known); a guide with several gets ``Trace_ELBO`` (sampled
     KL), because the closed form would take a later site's draw, which depends on the
     earlier site's draw, as given, and so miss the dependence (a hierarchy such as the
-    two-layer VAE of experiments/iwae_paper.py). The latent draws come from ``seed``; the
-    caller's random state is left as it was."""
-    estimator = make_elbo(elbo_estimator(guide, next(data.eval_batches(split, 1))),
+    two-layer VAE of experiments/iwae_paper.py); a guide with a site marked for enumeration
+    gets ``TraceEnum_ELBO``. A model of ``(x, y)`` is given each batch's labels. The latent
+    draws come from ``seed``; the caller's random state is left as it was."""
+    labelled = takes_labels(model, guide)
+    first = next(data.eval_batches(split, 1, labels=labelled))
+    estimator = make_elbo(elbo_estimator(guide, *(first if labelled else (first,))),
                           num_particles=num_particles)
-    batches = data.eval_batches(split, batch_size, EVAL_SEED)
+    batches = data.eval_batches(split, batch_size, EVAL_SEED, labels=labelled)
     with torch.random.fork_rng(devices=[data.x_test.device] if data.x_test.is_cuda else []):
         pyro.set_rng_seed(seed)
         return -mean_loss(estimator, model, guide, batches)
 
 
-def elbo_estimator(guide: Callable, x: torch.Tensor) -> str:
-    """The estimator :func:`elbo` uses for ``guide``: ``"meanfield"`` for one latent site,
-    ``"trace"`` for several."""
-    with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        trace = poutine.trace(guide).get_trace(x)
-    latent = [name for name, site in sample_sites(trace) if not site["is_observed"]]
+def elbo_estimator(guide: Callable, *args: torch.Tensor) -> str:
+    """The estimator :func:`elbo` uses for ``guide``: ``"enum"`` if a site is marked for
+    enumeration, else ``"meanfield"`` for one latent site, ``"trace"`` for several."""
+    devices = [args[0].device] if args[0].is_cuda else []
+    with poutine.block(), torch.random.fork_rng(devices=devices):
+        trace = poutine.trace(guide).get_trace(*args)
+    latent = [site for _, site in sample_sites(trace) if not site["is_observed"]]
+    if any(site["infer"].get("enumerate") for site in latent):
+        return "enum"
     return "meanfield" if len(latent) == 1 else "trace"
 
 
@@ -79,6 +85,7 @@ def log_likelihood(
     memory_mb: float = 64,
     plate: str = "data",
     progress: bool = False,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Per-example importance-sampled estimates of :math:`\log p(x)`, shape ``(N,)``:
 
@@ -89,7 +96,9 @@ def log_likelihood(
     model/guide pair works whose sample sites all lie in the plate named ``plate``: the
     log-probabilities of each trace are summed per data point before the log-mean-exp.
 
-    Example ``i``'s K samples come from a random stream of its own, seeded by ``(seed, i)``,
+    A model of ``(x, y)`` gets the labels ``y`` (one per row of ``x``): the estimate is then
+    of :math:`\log p(x \mid y)` for a conditional model. Example ``i``'s K samples come from a
+    random stream of its own, seeded by ``(seed, i)``,
     so the result does not depend on the chunking, which keeps the decoder's work on about
     ``memory_mb`` megabytes at a time. The caller's random state is left as it was.
     """
@@ -99,17 +108,23 @@ def log_likelihood(
     result = torch.empty(n, device=x.device)
     devices = [x.device] if x.device.type == "cuda" else []
     bar = tqdm(total=n, desc=f"IS-{k} log-likelihood", unit="example", disable=not progress)
+    labelled = takes_labels(model, guide)
+    if labelled and (y is None or y.shape[:1] != x.shape[:1]):
+        raise ValueError("the model takes labels (x, y): pass one label per row of x as y=")
+    args = (lambda rows: (x[rows], y[rows])) if labelled else (lambda rows: (x[rows],))
     with torch.random.fork_rng(devices=devices):
-        nesting = plate_nesting(model, guide, x[:1])
+        nesting = plate_nesting(model, guide, *args(slice(0, 1)))
         for start in range(0, n, n_chunk):
             xs = x[start : start + n_chunk]
-            draws = [_draw_latents(guide, xs[i : i + 1], k, seed, start + i, nesting, plate)
+            draws = [_draw_latents(guide, args(slice(start + i, start + i + 1)), k, seed,
+                                   start + i, nesting, plate)
                      for i in range(xs.shape[0])]
             latents = {name: torch.cat([d[name][0] for d, _ in draws], dim=draws[0][0][name][1])
                        for name in draws[0][0]}
             log_q = torch.cat([q for _, q in draws], dim=1)
             log_w = torch.cat([
-                _log_joint(model, xs, {s: v[j : j + k_chunk] for s, v in latents.items()},
+                _log_joint(model, args(slice(start, start + xs.shape[0])),
+                           {s: v[j : j + k_chunk] for s, v in latents.items()},
                            nesting, plate) - log_q[j : j + k_chunk]
                 for j in range(0, k, k_chunk)
             ])
@@ -129,7 +144,7 @@ def chunk_shape(num_samples: int, x_dim: int, memory_mb: float) -> tuple[int, in
     return n_chunk, -(-num_samples // parts)
 
 
-def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> tuple[dict, torch.Tensor]:
+def _draw_latents(guide, args, k, seed, index, nesting, plate) -> tuple[dict, torch.Tensor]:
     """Example ``index``'s k latent samples, from a stream of its own, and their
     log q(z | x): ``({site: (value, the value's data dimension)}, (k, 1))``.
     The guide scores its own draws: a flow guide never has to invert its transform."""
@@ -137,22 +152,22 @@ def _draw_latents(guide, x_i, k, seed, index, nesting, plate) -> tuple[dict, tor
     # one seed on distinct streams and puts different seeds far apart.
     # (torch.manual_seed would also queue a seed for every CUDA device: 0.1 ms an example)
     stream = (seed * 0x9E3779B1 + index) % 2**32
-    if x_i.is_cuda:
-        torch.cuda.default_generators[x_i.device.index].manual_seed(stream)
+    if args[0].is_cuda:
+        torch.cuda.default_generators[args[0].device.index].manual_seed(stream)
     else:
         torch.default_generator.manual_seed(stream)
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
-        trace = poutine.trace(guide).get_trace(x_i)
+        trace = poutine.trace(guide).get_trace(*args)
     latents = {name: (site["value"], data_dim(site, name, plate) - site["fn"].event_dim)
                for name, site in sample_sites(trace)}
     return latents, log_prob_per_point(trace, plate)
 
 
-def _log_joint(model, x, latents, nesting, plate) -> torch.Tensor:
+def _log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
     """log p(x, z) for given latents, summed per data point: ``(k, n)``."""
     k = next(iter(latents.values())).shape[0]
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
-        model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
+        model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args)
     return log_prob_per_point(model_trace, plate)
 
 

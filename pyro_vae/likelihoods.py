@@ -36,6 +36,14 @@ class Likelihood(nn.Module):
         return {}
 
 
+def _in_unit_interval(x: torch.Tensor, name: str) -> None:
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"likelihood {name!r} needs data in [0, 1]; these data lie in "
+                         f"[{lo:g}, {hi:g}]: use a Gaussian-family likelihood (gaussian, "
+                         "gaussian-shared, gaussian-fixed, laplace)")
+
+
 class _BernoulliLogMass(torch.autograd.Function):
     r""":math:`x\,l - \mathrm{softplus}(l)` with its gradient :math:`x - \sigma(l)` in one pass.
 
@@ -89,6 +97,7 @@ class Bernoulli(Likelihood):
         if self._checked:  # the first batch tells; later batches cost nothing
             return
         self._checked = True
+        _in_unit_interval(x, "bernoulli")
         if ((x != 0) & (x != 1)).any():
             warnings.warn(  # stacklevel 2: the model's line that checks the data
                 "bernoulli likelihood on non-binary data: its loss is a binary cross-entropy, "
@@ -207,8 +216,17 @@ class ContinuousBernoulli(Likelihood):
     error in variational autoencoders"):
     :math:`p(x \mid \lambda) = C(\lambda)\, \lambda^x (1 - \lambda)^{1 - x}`."""
 
+    def __init__(self):
+        super().__init__()
+        self._checked = False
+
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
         return _LogitContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
+
+    def check(self, x: torch.Tensor) -> None:
+        if not self._checked:  # the first batch tells
+            self._checked = True
+            _in_unit_interval(x, "continuous-bernoulli")
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {

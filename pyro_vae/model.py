@@ -19,6 +19,7 @@ say how it was built: make it through :func:`pyro_vae.build_model` instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -27,12 +28,14 @@ import torch
 from torch import nn
 
 from .likelihoods import Likelihood, get_likelihood, likelihood_name
-from .networks import Decoder, Encoder
+from .networks import NETWORKS, ConvDecoder, ConvEncoder, Decoder, Encoder
 from .spec import ModelSpec
 
 
 class VAE(nn.Module):
-    """A VAE with MLP encoder/decoder, or with the ``encoder``/``decoder`` you pass.
+    """A VAE with MLP encoder/decoder, convolutional ones (``network="conv"``, for images of
+    ``image_shape`` (channels, height, width); ``hidden`` is then the dense layers between
+    the convolutions and z), or the ``encoder``/``decoder`` you pass.
 
     A custom encoder maps ``x (..., x_dim)`` to ``(loc, scale)``, each ``(..., z_dim)``;
     a custom decoder maps ``z`` to ``likelihood.params_per_dim * x_dim`` numbers.
@@ -50,6 +53,8 @@ class VAE(nn.Module):
         likelihood_options: dict | None = None,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        network: str = "mlp",
+        image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         self.z_dim = z_dim
@@ -62,6 +67,18 @@ class VAE(nn.Module):
         # Only what the arguments alone build can be rebuilt from them.
         rebuildable = (type(self) is VAE and encoder is None and decoder is None
                        and likelihood_name(self.likelihood) is not None)
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; choose from: {', '.join(NETWORKS)}")
+        if network == "conv":
+            if image_shape is None:
+                raise ValueError(f"network 'conv' is for images; these data are vectors of "
+                                 f"{x_dim} numbers: use network 'mlp'")
+            if len(image_shape) != 3 or math.prod(image_shape) != x_dim:
+                raise ValueError(f"network 'conv' needs image_shape (channels, height, width) "
+                                 f"of {x_dim} numbers in all, got {image_shape}")
+            encoder = encoder or ConvEncoder(image_shape, hidden, z_dim, activation)
+            decoder = decoder or ConvDecoder(z_dim, tuple(reversed(hidden)), image_shape,
+                                             self.likelihood.params_per_dim, activation)
         if encoder is None:
             encoder = Encoder(x_dim, hidden, z_dim, activation)
         if decoder is None:
@@ -69,10 +86,12 @@ class VAE(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.spec: ModelSpec | None = None
         if rebuildable:
+            conv = dict(network=network, image_shape=list(image_shape)) \
+                if network == "conv" else {}  # an MLP's spec reads as it always did
             self.spec = ModelSpec("pyro_vae.model:VAE", dict(
                 x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), activation=activation,
                 likelihood=likelihood_name(self.likelihood),
-                likelihood_options=self.likelihood.options()))
+                likelihood_options=self.likelihood.options(), **conv))
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)

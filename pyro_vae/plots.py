@@ -47,16 +47,18 @@ def image_panels(
 ) -> Path:
     """One titled grid of images per entry of ``panels``, stacked top to bottom, as a PNG."""
     canvases = [_tile(images, image_shape, ncol) for images in panels.values()]
-    h, w = canvases[0].shape
-    width = w / 28 * 0.6 + (1.2 if row_labels else 0.2)
-    fig = Figure(figsize=(width, sum(c.shape[0] / 28 * 0.6 + 0.45 for c in canvases)))
+    _, h, _ = _chw(image_shape)
+    inches = 0.6 / 28 if h <= 28 else 1.2 / h  # per pixel: a 28-pixel image 0.6 in high
+    width = canvases[0].shape[1] * inches + (1.2 if row_labels else 0.2)
+    width = max(width, 0.075 * max(map(len, panels)))  # room for the longest title
+    fig = Figure(figsize=(width, sum(c.shape[0] * inches + 0.45 for c in canvases)))
     axes = fig.subplots(len(canvases), 1, squeeze=False)[:, 0]
     for ax, (title, _), canvas in zip(axes, panels.items(), canvases, strict=True):
         ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])
-        rows = (canvas.shape[0] - _PAD) // (image_shape[0] + _PAD)
+        rows = (canvas.shape[0] - _PAD) // (h + _PAD)
         if row_labels:
-            centres = [_PAD + r * (image_shape[0] + _PAD) + image_shape[0] / 2 for r in range(rows)]
+            centres = [_PAD + r * (h + _PAD) + h / 2 for r in range(rows)]
             ax.set_yticks(centres, labels=row_labels[:rows])
             ax.tick_params(left=False)
         else:
@@ -73,19 +75,28 @@ _PAD = 1  # pixels of white between tiled images
 
 
 def _tile(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> torch.Tensor:
-    """One grey canvas with ``images`` (N, D) in rows of ``ncol``, values clamped to [0, 1]."""
-    if image_shape is None or len(image_shape) != 2:
-        raise ValueError(f"cannot draw images of shape {image_shape}: the data are not images")
-    h, w = image_shape
+    """One canvas with ``images`` (N, D) in rows of ``ncol``, values clamped to [0, 1]:
+    (height, width) for grey images, (height, width, 3) for colour; ``image_shape`` is
+    (channels, height, width), or (height, width) for grey."""
+    channels, h, w = _chw(image_shape)
     n = images.shape[0]
     nrow = -(-n // ncol)
-    canvas = torch.ones(nrow * (h + _PAD) + _PAD, ncol * (w + _PAD) + _PAD)
-    pictures = images.detach().float().cpu().clamp(0, 1).reshape(n, h, w)
+    canvas = torch.ones(nrow * (h + _PAD) + _PAD, ncol * (w + _PAD) + _PAD, channels)
+    pictures = images.detach().float().cpu().clamp(0, 1).reshape(n, channels, h, w)
     for i, picture in enumerate(pictures):
         r, c = divmod(i, ncol)
         top, left = _PAD + r * (h + _PAD), _PAD + c * (w + _PAD)
-        canvas[top : top + h, left : left + w] = picture
-    return canvas
+        canvas[top : top + h, left : left + w] = picture.permute(1, 2, 0)
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def _chw(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    if image_shape is not None and len(image_shape) == 2:
+        return (1, *image_shape)
+    if image_shape is None or len(image_shape) != 3 or image_shape[0] not in (1, 3):
+        raise ValueError(f"cannot draw images of shape {image_shape}: the data are not "
+                         "grey or colour images (channels, height, width)")
+    return tuple(image_shape)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -251,7 +262,7 @@ def plot_run(
                                        title=run_title(built.spec, config)))
     x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
     latents = latent_dims(model, x)
-    images = data.image_shape is not None and len(data.image_shape) == 2
+    images = data.image_shape is not None
     if not images:
         skipped.append("reconstructions.png, samples.png, latent_manifold.png: the data are "
                        f"vectors of {data.x_dim} numbers, not images")

@@ -38,6 +38,7 @@ import torch
 from .config import Config
 from .data import Dataset, load_dataset
 from .spec import ModelSpec, rebuild
+from .traces import takes_labels
 
 CONFIG, MODEL, METRICS = "config.json", "model.json", "metrics.jsonl"
 CHECKPOINT, FIGURES, LOCK = "checkpoint.pt", "figures", ".lock"
@@ -197,10 +198,12 @@ def load_run(
     except ValueError as e:
         raise RunError(f"cannot rebuild the model of {run_dir}: {e}") from e
     config.device = device or config.device
-    data = load_dataset(config.dataset).to(config.device)
+    data = load_dataset(config.dataset, image_size=config.image_size).to(config.device)
     built = built.to(config.device) if hasattr(built, "to") else built
     pyro.clear_param_store()
-    params = declare_params(built.model, built.guide, next(data.eval_batches("train", 8)))
+    labelled = takes_labels(built.model, built.guide)
+    batch = next(data.eval_batches("train", 8, labels=labelled))
+    params = declare_params(built.model, built.guide, *(batch if labelled else (batch,)))
     restore_params(params, state["params"], run_dir / CHECKPOINT)
     restore_params(buffers_of(built), state.get("buffers", {}), run_dir / CHECKPOINT,
                    what="buffers")
@@ -214,12 +217,13 @@ def buffers_of(owner) -> dict[str, torch.Tensor]:
     return dict(owner.named_buffers()) if isinstance(owner, torch.nn.Module) else {}
 
 
-def declare_params(model: Callable, guide: Callable, x: torch.Tensor) -> dict:
-    """Run ``guide`` and ``model`` once on ``x`` so that they declare their parameters;
-    the param store's unconstrained tensors by name, sorted (a stable optimizer order)."""
+def declare_params(model: Callable, guide: Callable, *args: torch.Tensor) -> dict:
+    """Run ``guide`` and ``model`` once on ``args`` (``x``, or ``x, y``) so that they
+    declare their parameters; the param store's unconstrained tensors by name, sorted (a
+    stable optimizer order)."""
     with poutine.block(), torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(x)
-        poutine.replay(model, trace=guide_trace)(x)
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        poutine.replay(model, trace=guide_trace)(*args)
     return dict(sorted(pyro.get_param_store().named_parameters()))
 
 

@@ -18,12 +18,34 @@ subsampled plate weighs a data point's bound, not the terms inside its logarithm
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
+
+
+def takes_labels(model: Callable, guide: Callable) -> bool:
+    """Whether a model/guide pair takes labels: ``model(x, y)`` and ``guide(x, y)``, the second
+    parameter named ``y``, against ``model(x)``/``guide(x)``. The two must agree (a guide of
+    ``x`` alone with a model of ``(x, y)`` is refused by name)."""
+    model_takes, guide_takes = _second_is_y(model), _second_is_y(guide)
+    if model_takes != guide_takes:
+        has, lacks = ("model", "guide") if model_takes else ("guide", "model")
+        raise ValueError(f"the {has} takes labels (x, y) but the {lacks} takes x alone: give "
+                         "both a second parameter y, or neither")
+    return model_takes
+
+
+def _second_is_y(fn: Callable) -> bool:
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin or a C function: a model of x alone
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 and positional[1].name == "y"
 
 
 def sample_sites(trace) -> list[tuple[str, dict]]:

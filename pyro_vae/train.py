@@ -55,6 +55,7 @@ from .rundir import (
 )
 from .schedules import SCHEDULES
 from .spec import ModelSpec
+from .traces import takes_labels
 
 
 def fit(
@@ -72,7 +73,9 @@ def fit(
 ) -> list[dict]:
     """Train ``model``/``guide`` on ``data`` by SVI and return the per-epoch metrics.
 
-    ``model(x)`` and ``guide(x)`` are any Pyro pair with the data plate inside. When both
+    ``model(x)`` and ``guide(x)`` are any Pyro pair with the data plate inside; a pair
+    ``model(x, y)``/``guide(x, y)`` (second parameter named ``y``) gets each batch's labels
+    too, and a dataset without labels is refused before anything is written. When both
     are methods of one object with a ``spec`` (a :class:`pyro_vae.VAE`, or anything made by
     :func:`pyro_vae.build_model`), the run directory records it, and ``load_run`` rebuilds
     that model. The param store is cleared first: every parameter comes from
@@ -105,17 +108,20 @@ def fit(
                 "lr_scheduler": _scheduler_name(lr_scheduler) if lr_scheduler else None}
     world = World.from_env(config.device)
     world.check(config.elbo or describe(elbo), config.jit)
+    labelled = takes_labels(model, guide)
+    if labelled:  # before the run directory is touched
+        data.labels("train"), data.labels("test")
     with ExitStack() as held:
         world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
         for callback in callbacks:
             if hasattr(callback, "close"):
                 held.callback(callback.close)
         return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
-                      make_scheduler, callbacks, recorded, world)
+                      make_scheduler, callbacks, recorded, world, labelled)
 
 
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
-           callbacks, recorded, world) -> list[dict]:
+           callbacks, recorded, world, labelled) -> list[dict]:
     owner = _owner(model, guide)
     if isinstance(owner, torch.nn.Module):  # its networks go where the data go
         owner.to(config.device)
@@ -127,7 +133,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     with pyro.validation_enabled(True):  # model/guide mistakes surface here, clearly named
-        params = _create_params(elbo, model, guide, data)
+        params = _create_params(elbo, model, guide, data, labelled)
     # Training's random stream starts at the seed, whatever declaring the parameters drew;
     # each process of a distributed run draws its own noise (seed + rank).
     pyro.set_rng_seed(config.seed + world.rank)
@@ -176,11 +182,13 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                    disable=not show_bar, leave=False)
         start, total, seen = time.perf_counter(), 0.0, 0
-        batches = data.batches("train", config.batch_size, generator)
+        batches = _arguments(data.batches("train", config.batch_size, generator,
+                                          labels=labelled), labelled)
         if world.size > 1:  # a last batch smaller than the world leaves a process nothing
-            batches = (x for x in batches if x.shape[0] >= world.size)
-        for i, x in enumerate(batches, start=1):
-            loss = _finite(f"at epoch {epoch}, step {i}", kept, step, x)
+            batches = (args for args in batches if args[0].shape[0] >= world.size)
+        for i, args in enumerate(batches, start=1):
+            x = args[0]
+            loss = _finite(f"at epoch {epoch}, step {i}", kept, step, *args)
             if config.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params.values(), config.clip_norm)
             optimizer.step()
@@ -194,7 +202,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         if scheduler is not None:
             scheduler.step()
         test_loss = _finite(f"on the test set after epoch {epoch}", kept, _test_loss,
-                            elbo, model, guide, data, config.batch_size, world)
+                            elbo, model, guide, data, config.batch_size, world, labelled)
         record = dict(epoch=epoch, train_loss=total / seen, test_loss=test_loss,
                       seconds=seconds, lr=lr)
         for callback in callbacks:
@@ -265,12 +273,19 @@ def _check_same_run(saved: Config, saved_recorded: dict, config: Config, recorde
         )
 
 
+def _arguments(batches, labelled: bool):
+    """Each batch as the model's arguments: ``(x,)``, or ``(x, y)`` for a model of labels."""
+    return batches if labelled else ((x,) for x in batches)
+
+
 @torch.no_grad()
-def _test_loss(elbo, model, guide, data: Dataset, batch_size: int, world: World) -> float:
+def _test_loss(elbo, model, guide, data: Dataset, batch_size: int, world: World,
+               labelled: bool = False) -> float:
     """The estimator's negative bound per test example (one fixed binarization), each
     process taking its share of every batch."""
-    shards = [world.shard(x) for x in data.eval_batches("test", batch_size)]
-    local = sum(elbo.loss(model, guide, x) for x in shards if x.shape[0])
+    batches = _arguments(data.eval_batches("test", batch_size, labels=labelled), labelled)
+    shards = [tuple(world.shard(a) for a in args) for args in batches]
+    local = sum(elbo.loss(model, guide, *args) for args in shards if args[0].shape[0])
     return world.sum(local) / data.x_test.shape[0]
 
 
@@ -311,13 +326,13 @@ def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> floa
 
 
 def _create_params(
-    elbo, model: Callable, guide: Callable, data: Dataset
+    elbo, model: Callable, guide: Callable, data: Dataset, labelled: bool = False
 ) -> dict[str, torch.Tensor]:
     """Evaluate ``elbo`` once on a batch, so that guide and model declare their parameters
     and the estimator makes its one-off guesses (Pyro's plate nesting, which runs model and
     guide); return the param store's unconstrained tensors by name, sorted (a stable
     optimizer order)."""
-    x = next(data.eval_batches("train", 8))
+    args = next(_arguments(data.eval_batches("train", 8, labels=labelled), labelled))
     with poutine.block():
-        elbo.loss(model, guide, x)
+        elbo.loss(model, guide, *args)
     return dict(sorted(pyro.get_param_store().named_parameters()))

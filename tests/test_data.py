@@ -25,7 +25,7 @@ def test_real_mnist_through_the_fetch_chain(mnist_binary):
     assert d.x_train.dtype == torch.float32
     assert d.x_train.min() == 0 and d.x_train.max() == 1
     assert ((d.x_train > 0) & (d.x_train < 1)).any()  # grey levels kept; binarized per batch
-    assert d.image_shape == (28, 28) and d.binarize
+    assert d.image_shape == (1, 28, 28) and d.binarize
     assert d.y_train[:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's first training labels
     assert not load_dataset("mnist").binarize
 
@@ -119,7 +119,7 @@ def test_npz_uint8_images_with_labels(tmp_path):
     y = rng.integers(0, 10, size=50)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     d = load_dataset(str(tmp_path / "d.npz"))
-    assert d.image_shape == (7, 5) and d.x_dim == 35
+    assert d.image_shape == (1, 7, 5) and d.x_dim == 35
     assert d.x_train.shape == (45, 35) and d.x_test.shape == (5, 35)  # 10% held out
     assert d.y_train.shape == (45,)
     all_x = torch.cat([d.x_train, d.x_test]) * 255
@@ -140,7 +140,8 @@ def test_npz_with_its_own_test_split(tmp_path):
         (dict(images=np.zeros((5, 4))), "no array 'x' \\(it has: images\\)"),
         (dict(x=np.zeros(5)), "shape \\(5,\\); expected \\(N, D\\)"),
         (dict(x=np.zeros((5, 4), dtype=np.int64)), "dtype int64; use uint8"),
-        (dict(x=np.full((5, 4), 2.0)), "values in \\[2, 2\\]; float data must lie in \\[0, 1\\]"),
+        (dict(x=np.full((5, 4, 4), 2.0)),
+         "values in \\[2, 2\\]; float images must lie in \\[0, 1\\]"),
         (dict(x=np.full((5, 4), np.nan)), "NaN"),
         (dict(x=np.zeros((5, 4)), y=np.zeros(4, dtype=int)), "y has shape \\(4,\\)"),
         (dict(x=np.zeros((5, 4)), x_test=np.zeros((2, 3))), "x_test has shape"),

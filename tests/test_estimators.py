@@ -152,11 +152,11 @@ def test_jit_compiles_once_per_batch_shape(vae_and_x):
     model, guide = vae.model, vae.guide
     compiled = make_elbo("meanfield", jit=True)
     compiled.loss_and_grads(model, guide, x)
-    replay = compiled._by_shape[(tuple(x.shape), model, guide)]
+    replay = compiled._by_shape[((tuple(x.shape),), model, guide)]
     for batch in (x, x[:5], x, x[:5]):
         assert math.isfinite(compiled.loss_and_grads(vae.model, vae.guide, batch))
-    assert compiled._by_shape[(tuple(x.shape), model, guide)] is replay
-    assert sorted(shape for shape, _, _ in compiled._by_shape) == [(5, 20), (8, 20)]
+    assert compiled._by_shape[((tuple(x.shape),), model, guide)] is replay
+    assert sorted(shapes for shapes, _, _ in compiled._by_shape) == [((5, 20),), ((8, 20),)]
     def another_model(x):  # another model of the same batch shape is compiled anew
         vae.model(x)
 
