@@ -31,7 +31,8 @@ and the decoder (input: z and y one-hot); 50 latent dimensions; Adam lr 4.2e-4; 
 
 Each label count is a run directory that resumes (run the same command with more
 ``--epochs``); its result goes to results/semi_supervised/results/labels-N.json (committed),
-and README.md, test_error.png and style.png are rebuilt from all results there.
+and README.md and test_error.png are rebuilt from all results there; style-N.png is the
+style figure of the run with N labels.
 """
 
 from __future__ import annotations
@@ -54,19 +55,12 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from pyro_vae import Callback, Config, build_model, fit, load_dataset
-from pyro_vae.networks import Decoder, Encoder, mlp
+from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
 
 # Test error (%) of the paper's M2 (Kingma et al., 2014, Table 1), by number of labels.
 PAPER = {100: (11.97, 1.71), 600: (4.94, 0.13), 1000: (3.60, 0.56), 3000: (3.92, 0.63)}
 CLASSES = 10
-
-
-def concat(*tensors: torch.Tensor) -> torch.Tensor:
-    """Concatenate along the last dimension, broadcasting the dimensions in front (an
-    enumerated y of shape (10, 1, 10) against x of shape (batch, 784))."""
-    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
-    return torch.cat([t.expand(*shape, t.shape[-1]) for t in tensors], dim=-1)
 
 
 class M2(nn.Module):
@@ -93,9 +87,10 @@ class M2(nn.Module):
         if known.any():
             with pyro.plate("labelled", int(known.sum())):
                 self._generate(x[known], y[known], "_labelled")
-                with poutine.scale(scale=self.alpha):  # the paper's classification term
-                    pyro.sample("y_classified", dist.Categorical(logits=self.classifier(
-                        x[known])), obs=y[known])
+                if self.alpha > 0:  # the paper's classification term, alpha * log q(y | x)
+                    with poutine.scale(scale=self.alpha):
+                        pyro.sample("y_classified", dist.Categorical(logits=self.classifier(
+                            x[known])), obs=y[known])
         if not known.all():
             with pyro.plate("data", int((~known).sum())):
                 self._generate(x[~known], None, "")
@@ -139,6 +134,20 @@ class M2(nn.Module):
         return torch.sigmoid(self.decoder(concat(loc[:, None, :], classes)))
 
 
+def semi_supervised(data, n: int, seed: int, repeat: int | None):
+    """``data`` with ``n`` training labels kept (:func:`balanced_labels`) and, appended to the
+    training images, the labelled ones ``repeat`` - 1 more times (None: as many times as
+    make the labelled images about half of every batch); the test labels hidden, so that
+    the test loss is the bound on log p(x) of unlabelled images."""
+    y = balanced_labels(data.y_train, n, seed)
+    labelled = torch.nonzero(y >= 0).flatten()
+    if repeat is None:
+        repeat = max(1, round((len(y) - n) / n))
+    extra = labelled.repeat(repeat - 1)
+    return replace(data, x_train=torch.cat([data.x_train, data.x_train[extra]]),
+                   y_train=torch.cat([y, y[extra]]), y_test=torch.full_like(data.y_test, -1))
+
+
 def balanced_labels(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """``y`` with all but ``n`` labels set to -1: ``n / 10`` kept in each class, the rows
     drawn by ``seed``."""
@@ -178,8 +187,7 @@ def machine() -> str:
 def run(n_labels: int, args, data, x_test, y_test) -> dict:
     """Train (or resume) the run of ``n_labels`` labels up to ``args.epochs``; its result."""
     run_dir = args.out / "runs" / f"labels-{n_labels}"
-    semi = replace(data, y_train=balanced_labels(data.y_train, n_labels, args.label_seed),
-                   y_test=torch.full_like(data.y_test, -1))  # test loss: the bound on log p(x)
+    semi = semi_supervised(data, n_labels, args.label_seed, args.repeat)
     pyro.set_rng_seed(args.seed)
     m2 = build_model(M2, x_dim=data.x_dim, z_dim=50, hidden=args.hidden, alpha=args.alpha)
     config = Config(dataset=data.name, elbo="enum", lr=4.2e-4, batch_size=200,
@@ -194,6 +202,7 @@ def run(n_labels: int, args, data, x_test, y_test) -> dict:
     minutes = sum(m["seconds"] for m in metrics) / 60
     result = dict(
         labels=n_labels, label_seed=args.label_seed, seed=args.seed, alpha=args.alpha,
+        repeat=args.repeat,
         hidden=args.hidden, epochs=len(metrics), test_error=metrics[-1]["test_error"],
         best_epoch_error=min(m["test_error"] for m in metrics),
         test_bound=-metrics[-1]["test_loss"], training_minutes=minutes,
@@ -206,8 +215,7 @@ def run(n_labels: int, args, data, x_test, y_test) -> dict:
     print(f"{n_labels:5d} labels: test error {result['test_error']:5.2f} % after "
           f"{result['epochs']} epochs, {minutes:.1f} min of training "
           f"(test ELBO of unlabelled images {result['test_bound']:.2f} nats)", flush=True)
-    if n_labels == max(args.labels):
-        style_figure(m2, x_test, y_test, args.out / "style.png", n_labels)
+    style_figure(m2, x_test, y_test, args.out / f"style-{n_labels}.png", n_labels)
     return result
 
 
@@ -251,8 +259,11 @@ def write_readme(out: Path) -> None:
               "of any epoch, shown for the curve's shape only: choosing it would select on "
               "the test set.", "", "Commands:", ""]
     lines += [f"    {r['command']}" for r in results]
+    style = f"style-{results[-1]['labels']}.png"  # the most labels
     lines += ["", "![test error against minutes](test_error.png)", "",
-              "![style](style.png)", ""]
+              f"The style figure of the run with {results[-1]['labels']} labels (each run "
+              "draws its own, style-N.png): for the first test image of each class, the image "
+              "and then its z decoded with y = 0, ..., 9.", "", f"![style]({style})", ""]
     notes = out / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text()]
@@ -287,6 +298,9 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=50.0,
                         help="weight of each labelled image's classification term")
     parser.add_argument("--hidden", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="times each labelled image is seen per epoch (default: as many "
+                        "as make labelled images about half of each batch)")
     parser.add_argument("--label-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)

@@ -37,6 +37,7 @@ from .networks import ACTIVATIONS, NETWORKS
 from .rundir import RunError, atomic_write_text, load_run, read_config, read_model
 from .schedules import SCHEDULES
 from .spec import build_model, rebuild, resolve
+from .traces import takes_labels
 from .train import fit
 
 # The flags that describe the built-in VAE (the model), apart from how it trains (Config).
@@ -173,10 +174,14 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.examples is not None:
         data = data.subset(**{args.split: args.examples})
     x = torch.cat(list(data.eval_batches(args.split, 1000)))  # one fixed binarization
+    y = data.labels(args.split) if takes_labels(model, guide) else None  # a model of (x, y)
+    if y is not None and args.ais_steps:
+        raise ValueError("--ais-steps: AIS is implemented for models of x alone; this model "
+                         "takes labels (x, y)")
     binarization = f"one fixed draw, seed {EVAL_SEED}" if data.binarize else "none"
     bound = elbo(model, guide, data, split=args.split)
     ll = log_likelihood(model, guide, x, num_samples=args.is_samples, seed=args.seed,
-                        memory_mb=args.memory_mb, progress=sys.stderr.isatty())
+                        memory_mb=args.memory_mb, progress=sys.stderr.isatty(), y=y)
     ll_mean, ll_stderr = ll.mean().item(), (ll.std() / len(ll) ** 0.5).item()
     ais = None
     if args.ais_steps:
@@ -197,17 +202,17 @@ def evaluate(args: argparse.Namespace) -> int:
         }
     skipped = []
     try:
-        active, variances = active_units(guide, x)
+        active, variances = active_units(guide, x, y=y)
     except ValueError as e:
         active, variances = None, None
         skipped.append(f"active units: no posterior mean at site 'z' ({e})")
     kl = None
-    if not standard_normal_prior(model, x):
+    if not standard_normal_prior(model, x, y=y):
         skipped.append("KL per dimension: the model's prior at 'z' is not N(0, I), the prior "
                        "it is measured against")
     else:
         try:
-            kl = kl_per_dimension(guide, x)
+            kl = kl_per_dimension(guide, x, y=y)
         except ValueError as e:
             skipped.append(f"KL per dimension: {e}")
     result = {
@@ -215,11 +220,13 @@ def evaluate(args: argparse.Namespace) -> int:
         "examples": x.shape[0],
         "binarization": binarization,
         "elbo": bound,
-        "elbo_estimator": {"meanfield": "TraceMeanField_ELBO", "trace": "Trace_ELBO"}[
-            elbo_estimator(guide, x[:1])] + ", 1 particle",
+        "elbo_estimator": {"meanfield": "TraceMeanField_ELBO", "trace": "Trace_ELBO",
+                           "enum": "TraceEnum_ELBO"}[
+            elbo_estimator(guide, *(x[:1],) + (() if y is None else (y[:1],)))] + ", 1 particle",
         "log_likelihood": ll_mean,
         "log_likelihood_stderr": ll_stderr,
-        "log_likelihood_estimator": f"IS-{args.is_samples}, seed {args.seed}",
+        "log_likelihood_estimator": f"IS-{args.is_samples}, seed {args.seed}"
+                                    + (", of log p(x | y)" if y is not None else ""),
         "gap": ll_mean - bound,
         "active_units": active,
         "active_unit_threshold": 0.01,
@@ -234,7 +241,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"  ELBO                        {bound:10.3f} nats per example "
           f"({result['elbo_estimator']})")
     print(f"  IS-{args.is_samples} log-likelihood   {ll_mean:10.3f} +- {ll_stderr:.3f} "
-          f"(standard error; seed {args.seed})")
+          f"(standard error; seed {args.seed}{'; of log p(x | y)' if y is not None else ''})")
     print(f"  gap log p(x) - ELBO         {result['gap']:10.3f}")
     if ais:
         print(f"  AIS log-likelihood          {ais['ais_log_likelihood']:10.3f} +- "
@@ -262,8 +269,9 @@ def sample(args: argparse.Namespace) -> int:
     _, built, data = load_run(args.run_dir, args.model, args.device)
     _require_images(data, "sample")
     x = next(data.eval_batches("test", args.n))
+    y = _labels_for(built, data, "test", args.n)
     pyro.set_rng_seed(args.seed)
-    path = samples(prior_means(built.model, x, args.n), data.image_shape,
+    path = samples(prior_means(built.model, x, args.n, y=y), data.image_shape,
                    args.out or Path(args.run_dir) / "figures" / "samples.png",
                    title="decoder means of z ~ p(z)")
     print(f"wrote {path}")
@@ -277,13 +285,19 @@ def reconstruct(args: argparse.Namespace) -> int:
     _, built, data = load_run(args.run_dir, args.model, args.device)
     _require_images(data, "reconstruct")
     x = next(data.eval_batches(args.split, args.n))
-    path = reconstructions(x, reconstruction_means(built.model, built.guide, x),
+    y = _labels_for(built, data, args.split, args.n)
+    path = reconstructions(x, reconstruction_means(built.model, built.guide, x, y=y),
                            data.image_shape,
                            args.out or Path(args.run_dir) / "figures" / "reconstructions.png",
                            title=f"{args.split} data and reconstructions "
                            "(decoder mean at E_q[z])")
     print(f"wrote {path}")
     return 0
+
+
+def _labels_for(built, data, split: str, n: int):
+    """The first ``n`` labels of ``split`` for a model of (x, y); None for a model of x."""
+    return data.labels(split)[:n] if takes_labels(built.model, built.guide) else None
 
 
 def _require_images(data, command: str) -> None:

@@ -174,17 +174,29 @@ def _log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
 # --------------------------------------------------------------------------- diagnostics
 
 
+# The functions below take ``y``, the labels of the rows of ``x``, for a model/guide pair of
+# ``(x, y)`` (a conditional VAE); None for a pair of ``x`` alone.
+
+
+def _arguments(x: torch.Tensor, y: torch.Tensor | None) -> tuple:
+    return (x,) if y is None else (x, y)
+
+
 @torch.no_grad()
-def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int = 1000):
+def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int = 1000,
+              y: torch.Tensor | None = None):
     """The guide's distribution at ``site`` for every row of ``x``, batch by batch."""
     for start in range(0, x.shape[0], batch_size):
-        trace = poutine.trace(guide).get_trace(x[start : start + batch_size])
+        rows = slice(start, start + batch_size)
+        trace = poutine.trace(guide).get_trace(*_arguments(x[rows], None if y is None
+                                                           else y[rows]))
         if site not in trace.nodes:
             raise ValueError(f"the guide has no sample site {site!r}")
         yield trace.nodes[site]["fn"]
 
 
-def posterior_means(guide: Callable, x: torch.Tensor, site: str = "z") -> torch.Tensor:
+def posterior_means(guide: Callable, x: torch.Tensor, site: str = "z",
+                    y: torch.Tensor | None = None) -> torch.Tensor:
     """The guide's posterior mean at ``site`` for every row of ``x`` (the mean of 64 draws
     where the distribution has none in closed form, as a flow's)."""
 
@@ -195,25 +207,27 @@ def posterior_means(guide: Callable, x: torch.Tensor, site: str = "z") -> torch.
             return q.sample((64,)).mean(0)
 
     with torch.no_grad():
-        return torch.cat([mean(q) for q in posterior(guide, x, site)])
+        return torch.cat([mean(q) for q in posterior(guide, x, site, y=y)])
 
 
 def active_units(
-    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str = "z"
+    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str = "z",
+    y: torch.Tensor | None = None,
 ) -> tuple[int, torch.Tensor]:
     r"""Burda et al.'s active units: the number of dimensions u with
     :math:`A_u = \mathrm{Cov}_x(\mathbb{E}_{q(z \mid x)}[z_u]) > ` ``threshold``, and every
     :math:`A_u` (:func:`posterior_means`)."""
-    variances = posterior_means(guide, x, site).var(dim=0)
+    variances = posterior_means(guide, x, site, y).var(dim=0)
     return int((variances > threshold).sum()), variances
 
 
-def kl_per_dimension(guide: Callable, x: torch.Tensor, site: str = "z") -> torch.Tensor:
+def kl_per_dimension(guide: Callable, x: torch.Tensor, site: str = "z",
+                     y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Mean over ``x`` of :math:`\mathrm{KL}(q(z_u \mid x) \,\|\, \mathcal{N}(0, 1))` for each
     dimension u, in closed form for a diagonal Normal guide:
     :math:`\tfrac12(\mu_u^2 + \sigma_u^2 - 1) - \log \sigma_u`. Sums to the mean KL term."""
     total, n = 0.0, 0
-    for q in posterior(guide, x, site):
+    for q in posterior(guide, x, site, y=y):
         base = q.base_dist if isinstance(q, dist.Independent) else q
         if not isinstance(base, dist.Normal):
             raise ValueError(f"kl_per_dimension needs a Normal guide at {site!r}, got {base}")
@@ -274,46 +288,54 @@ def _param_names(fn: Callable, x: torch.Tensor) -> list[str]:
 
 
 @torch.no_grad()
-def prior_means(model: Callable, x_like: torch.Tensor, n: int) -> torch.Tensor:
+def prior_means(model: Callable, x_like: torch.Tensor, n: int,
+                y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` for ``n`` draws :math:`z \sim p(z)` of the model's own
     prior. The rows of ``x_like`` (repeated to ``n``) only stand in for the data the model is
-    called with: its batch size, its checks."""
-    return _observed(poutine.trace(model).get_trace(_rows(x_like, n))).mean
+    called with: its batch size, its checks; the labels ``y`` (repeated alike) are what a
+    conditional model draws from."""
+    args = _arguments(_rows(x_like, n), None if y is None else _rows(y, n))
+    return _observed(poutine.trace(model).get_trace(*args)).mean
 
 
 @torch.no_grad()
-def reconstruction_means(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+def reconstruction_means(model: Callable, guide: Callable, x: torch.Tensor,
+                         y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` at the guide's posterior mean of every latent site (one
     draw of it where the guide's distribution has no mean in closed form, as a flow's)."""
-    guide_trace = poutine.trace(guide).get_trace(x)
+    guide_trace = poutine.trace(guide).get_trace(*_arguments(x, y))
     latents = {name: _mean(site["fn"], site["value"]) for name, site in sample_sites(guide_trace)}
-    trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
+    trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*_arguments(x, y))
     return _observed(trace, held=latents).mean
 
 
 @torch.no_grad()
 def decoded_means(model: Callable, z: torch.Tensor, x_like: torch.Tensor,
-                  site: str = "z") -> torch.Tensor:
+                  site: str = "z", y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` at the given latent codes ``z`` (one per row), the model's
-    latent site ``site`` held at them; ``x_like`` as in :func:`prior_means`."""
-    x_like = _rows(x_like, z.shape[0])
-    trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(x_like)
+    latent site ``site`` held at them; ``x_like`` and ``y`` as in :func:`prior_means`."""
+    args = _arguments(_rows(x_like, z.shape[0]), None if y is None else _rows(y, z.shape[0]))
+    trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(*args)
     return _observed(trace, held={site}).mean
 
 
-def latent_dims(model: Callable, x_like: torch.Tensor) -> dict[str, int]:
+def latent_dims(model: Callable, x_like: torch.Tensor,
+                y: torch.Tensor | None = None) -> dict[str, int]:
     """Each latent (unobserved) sample site of ``model`` and its number of dimensions."""
     with torch.no_grad():
-        trace = poutine.trace(model).get_trace(x_like[:1])
+        trace = poutine.trace(model).get_trace(*_arguments(x_like[:1],
+                                                          None if y is None else y[:1]))
     return {name: site["value"][0].numel() for name, site in sample_sites(trace)
             if not site["is_observed"]}
 
 
-def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str = "z") -> bool:
+def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str = "z",
+                          y: torch.Tensor | None = None) -> bool:
     """Whether ``model``'s prior at ``site`` is N(0, I), the prior that
     :func:`kl_per_dimension` measures against."""
     with torch.no_grad():
-        trace = poutine.trace(model).get_trace(x_like[:2])
+        trace = poutine.trace(model).get_trace(*_arguments(x_like[:2],
+                                                          None if y is None else y[:2]))
     if site not in trace.nodes:
         return False
     fn = trace.nodes[site]["fn"]

@@ -40,6 +40,14 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def concat(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate inputs along the last dimension, broadcasting the dimensions in front: a
+    label's one-hot code ``(batch, 10)`` (or an enumerated one, ``(10, 1, 10)``) beside
+    ``x (particles, batch, 784)``, as conditional encoders and decoders take them."""
+    shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*shape, t.shape[-1]) for t in tensors], dim=-1)
+
+
 class Encoder(nn.Module):
     r"""``x -> (loc, scale)`` of :math:`q(z \mid x) = \mathcal{N}(loc, \mathrm{diag}(scale^2))`.
 

@@ -22,6 +22,7 @@ from .evaluate import (
     reconstruction_means,
 )
 from .rundir import FIGURES, load_run, read_metrics
+from .traces import takes_labels
 
 DPI = 100
 
@@ -261,26 +262,29 @@ def plot_run(
         written.append(learning_curves({"": metrics}, figures / "learning_curves.png",
                                        title=run_title(built.spec, config)))
     x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
-    latents = latent_dims(model, x)
+    y = data.labels("test") if takes_labels(model, guide) else None  # a model of (x, y)
+    rows = (lambda n: None) if y is None else (lambda n: y[:n])
+    latents = latent_dims(model, x, y=y)
     images = data.image_shape is not None
     if not images:
         skipped.append("reconstructions.png, samples.png, latent_manifold.png: the data are "
                        f"vectors of {data.x_dim} numbers, not images")
     else:
-        written.append(reconstructions(x[:12], reconstruction_means(model, guide, x[:12]),
+        written.append(reconstructions(x[:12], reconstruction_means(model, guide, x[:12],
+                                                                    y=rows(12)),
                                        data.image_shape, figures / "reconstructions.png"))
         pyro.set_rng_seed(seed)
-        written.append(samples(prior_means(model, x, 64), data.image_shape,
+        written.append(samples(prior_means(model, x, 64, y=rows(64)), data.image_shape,
                                figures / "samples.png",
                                title="decoder means of 64 draws z ~ p(z)"))
         if latents == {"z": 2}:
-            written.append(latent_manifold(lambda z: decoded_means(model, z, x),
+            written.append(latent_manifold(lambda z: decoded_means(model, z, x, y=y),
                                            data.image_shape, figures / "latent_manifold.png"))
         else:
             skipped.append("latent_manifold.png: it needs one 2-D latent site 'z'; this model "
                            f"has {_describe(latents)}")
     try:
-        z = posterior_means(guide, x)
+        z = posterior_means(guide, x, y=y)
     except ValueError as e:
         skipped.append(f"latent_embedding.png: no posterior mean at site 'z' ({e})")
     else:

@@ -109,8 +109,8 @@ def fit(
     world = World.from_env(config.device)
     world.check(config.elbo or describe(elbo), config.jit)
     labelled = takes_labels(model, guide)
-    if labelled:  # before the run directory is touched
-        data.labels("train"), data.labels("test")
+    for split in ("train", "test") if labelled else ():
+        data.labels(split)  # a DataError naming the dataset, before the run directory is touched
     with ExitStack() as held:
         world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
         for callback in callbacks:

@@ -7,6 +7,7 @@ every parameter, and the gradient of the first step, into RECORDS/rank<r>.pt."""
 import argparse
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pyro
@@ -40,18 +41,28 @@ def main():
     parser.add_argument("--records", type=Path)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--conditional", action="store_true",
+                        help="train the conditional VAE of experiments/extending: a model of "
+                        "(x, y), whose labels every process must get with its rows")
     args = parser.parse_args()
 
     train_module.OPTIMIZERS["adam"] = RecordingAdam
     data = load_dataset("mnist-binary").subset(**SUBSET)
     config = Config(**CONFIG, epochs=args.epochs)
     pyro.set_rng_seed(config.seed)
-    vae = VAE(**NETWORK)
+    vae = conditional_vae() if args.conditional else VAE(**NETWORK)
     metrics = fit(vae.model, vae.guide, data, config, args.out, resume=args.resume, quiet=True)
     if args.records:
         args.records.mkdir(parents=True, exist_ok=True)
         torch.save(dict(hashes=hashes, first_grads=first_grads, metrics=metrics),
                    args.records / f"rank{os.environ['RANK']}.pt")
+
+
+def conditional_vae():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "extending"))
+    from conditional import ConditionalVAE
+
+    return ConditionalVAE(**NETWORK)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,109 @@ def test_corrupt_or_missing_npz_file(tmp_path):
         load_dataset(str(tmp_path / "d.npz"))
     with pytest.raises(DataError, match="no such file"):
         load_dataset(str(tmp_path / "missing.npz"))
+
+
+# ------------------------------------------------------------------ your own files
+
+
+def _png(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _colour_folder(root, per_class=12, size=(6, 8)):
+    """Two classes of colour images, some in a nested folder; pixel (0, 0) tells the class
+    and the image's index."""
+    for c, name in enumerate(["blue", "red"]):  # sorted, as the labels are
+        for i in range(per_class):
+            a = np.zeros((*size, 3), np.uint8)
+            a[0, 0] = (c * 100 + i, 7, 200)
+            _png(root / name / ("deeper" if i % 3 == 0 else "") / f"{i:02d}.png", a)
+    return root
+
+
+def test_folder_of_colour_pngs_with_nested_classes(tmp_path):
+    d = load_dataset(str(_colour_folder(tmp_path / "imgs")))
+    assert d.image_shape == (3, 6, 8) and d.x_dim == 3 * 6 * 8
+    # every 10th image of each class (file-name order: deeper/ sorts before the files)
+    assert d.x_train.shape[0] == 22 and d.x_test.shape[0] == 2
+    assert sorted(d.y_train.tolist()) == [0] * 11 + [1] * 11 and sorted(d.y_test.tolist()) == [0, 1]
+    # channel-major rows: the red channel of pixel (0, 0) is the first number, blue is 2*48
+    codes = (torch.cat([d.x_train, d.x_test])[:, 0] * 255).round().long()
+    labels = torch.cat([d.y_train, d.y_test])
+    assert ((codes // 100) == labels).all() and len(set(codes.tolist())) == 24
+    assert (torch.cat([d.x_train, d.x_test])[:, 2 * 48] * 255).round().eq(200).all()
+
+
+def test_folder_of_grey_images_without_classes_and_resizing(tmp_path):
+    for i in range(12):
+        size = (10, 10) if i % 2 else (20, 12)  # two sizes: refused unless resized
+        _png(tmp_path / "g" / f"{i}.png", np.full(size, 10 * i, np.uint8))
+    with pytest.raises(DataError, match="images differ in size.*--image-size"):
+        load_dataset(str(tmp_path / "g"))
+    d = load_dataset(str(tmp_path / "g"), image_size=(8, 5))
+    assert d.image_shape == (1, 8, 5) and d.y_train is None and d.x_test.shape[0] == 1
+    assert (d.x_train[1] * 255).round().eq(10).all()  # a constant image stays constant
+
+
+def test_bad_image_folders_name_the_file_and_the_problem(tmp_path):
+    root = _colour_folder(tmp_path / "corrupt")
+    bad = root / "red" / "05.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG
+    with pytest.raises(DataError, match=f"{bad}: cannot be read as an image"):
+        load_dataset(str(root))
+    (tmp_path / "empty" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "empty" / "a" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="empty: no images in it"):
+        load_dataset(str(tmp_path / "empty"))
+    mixed = _colour_folder(tmp_path / "mixed")
+    _png(mixed / "blue" / "zz.png", np.zeros((6, 8), np.uint8))
+    with pytest.raises(DataError, match="mix grey and colour: .*zz.png is grey.*is colour"):
+        load_dataset(str(mixed))
+
+
+def test_csv_of_vectors_with_a_header_and_a_label_column(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 10)) * 5  # any real numbers: vectors, not pixels
+    lines = ["label," + ",".join(f"f{i}" for i in range(10))]
+    lines += [f"{i % 3}," + ",".join(f"{v:.6f}" for v in row) for i, row in enumerate(x)]
+    (tmp_path / "v.csv").write_text("\n".join(lines) + "\n")
+    d = load_dataset(str(tmp_path / "v.csv"))
+    assert d.x_dim == 10 and d.image_shape is None
+    assert d.x_train.shape == (36, 10) and d.x_test.shape == (4, 10)
+    got = torch.cat([d.x_train, d.x_test]).double()
+    assert sorted(got.sum(1).round(decimals=3).tolist()) == pytest.approx(
+        sorted(np.round(x.sum(1), 3).tolist()), abs=1e-3)
+    assert set(torch.cat([d.y_train, d.y_test]).tolist()) == {0, 1, 2}
+    (tmp_path / "plain.csv").write_text("1,2\n3,4\n5,6\n")  # no header, no labels
+    plain = load_dataset(str(tmp_path / "plain.csv"))
+    assert plain.y_train is None and plain.x_dim == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b\n1,2\n3,oops\n", "line 3, column 2: 'oops' is not a number"),
+    ("1,2\n3\n", "line 2: 1 cells, expected 2"),
+    ("1,2\n3,nan\n", "line 2, column 2: nan is not a finite number"),
+    ("a,b\n1,2\n", "1 data rows"),
+])
+def test_bad_csv_names_the_line_column_and_problem(tmp_path, text, message):
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DataError, match=f"bad.csv, {message}" if "line" in message else message):
+        load_dataset(str(tmp_path / "bad.csv"))
+
+
+def test_labels_come_with_batches_and_are_refused_by_name_where_there_are_none():
+    d = Dataset("toy", torch.rand(10, 3), torch.rand(4, 3), torch.arange(10), torch.arange(4))
+    g = torch.Generator().manual_seed(1)
+    pairs = list(d.batches("train", 4, g, labels=True))
+    x = torch.cat([p[0] for p in pairs])
+    y = torch.cat([p[1] for p in pairs])
+    # each label travels with its own row, in the shuffled order
+    assert all(torch.equal(x[i], d.x_train[y[i]]) for i in range(10))
+    g = torch.Generator().manual_seed(1)  # and the x stream is the one without labels
+    assert torch.equal(torch.cat(list(d.batches("train", 4, g))), x)
+    unlabelled = Dataset("vectors.csv", torch.rand(10, 3), torch.rand(4, 3))
+    with pytest.raises(DataError, match="dataset 'vectors.csv' has no labels"):
+        next(unlabelled.batches("train", 4, labels=True))

@@ -84,6 +84,31 @@ def test_two_processes_train_as_one(mnist_binary, straight, tmp_path):
     assert together[-1]["test_loss"] < together[0]["test_loss"] - 5  # and it did train
 
 
+@pytest.mark.usefixtures("mnist_binary")
+def test_labels_reach_every_process_with_their_rows(tmp_path):
+    r = _torchrun(WORKER, "--conditional", "--epochs", "1", "--out", str(tmp_path / "run"),
+                  "--records", str(tmp_path / "records"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [torch.load(tmp_path / "records" / f"rank{i}.pt") for i in range(2)]
+    assert records[0]["hashes"] == records[1]["hashes"]
+    # the first step's averaged gradient is the global batch's, each half with its labels
+    settings = load_script(ROOT / "tests" / "ddp_worker.py")
+    data = settings.load_dataset("mnist-binary").subset(**settings.SUBSET)
+    config = Config(**settings.CONFIG, epochs=1)
+    pyro.set_rng_seed(config.seed)
+    vae = settings.conditional_vae()
+    x, y = next(data.batches("train", config.batch_size,
+                             torch.Generator().manual_seed(config.seed), labels=True))
+    loss = 0.0
+    for rank, (xs, ys) in enumerate(zip(x.tensor_split(2), y.tensor_split(2), strict=True)):
+        pyro.set_rng_seed(config.seed + rank)
+        loss = loss + make_elbo("meanfield").differentiable_loss(vae.model, vae.guide, xs, ys)
+    loss.backward()
+    params = dict(sorted(pyro.get_param_store().named_parameters()))
+    for i, p in enumerate(params.values()):
+        assert torch.allclose(records[0]["first_grads"][i], p.grad, rtol=1e-4, atol=1e-4), i
+
+
 def test_a_distributed_run_resumes_exactly(straight, tmp_path):
     first = _torchrun(WORKER, "--out", str(tmp_path / "b"), "--epochs", "2")
     resumed = _torchrun(WORKER, "--out", str(tmp_path / "b"), "--resume",

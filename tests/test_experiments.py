@@ -167,3 +167,37 @@ def test_route_to_88_quick(tmp_path, capsys):
     with pytest.raises(SystemExit, match="holds a run with other settings"):
         _run_quick("route_to_88", tmp_path, "--name", "quick", "--lr", "3e-3")
     assert (out / "README.md").read_text() == readme
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_semi_supervised_quick(tmp_path):
+    import json
+
+    out = _run_quick("semi_supervised", tmp_path)
+    result = json.loads((out / "results" / "labels-100.json").read_text())
+    assert result["labels"] == 100 and result["epochs"] == 2
+    assert 0 <= result["test_error"] < 90  # better than chance after two quick epochs
+    assert [c["epoch"] for c in result["curve"]] == [1, 2]
+    assert result["test_bound"] < 0  # a bound on log p(x) of unlabelled images, y summed out
+    readme = (out / "README.md").read_text()
+    assert "| 100 | 11.97 ± 1.71 |" in readme and f"| {result['test_error']:.2f} |" in readme
+    for png in ("test_error.png", "style-100.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG") and f"]({png})" in readme
+    # the run resumes: more epochs continue it, the same epochs change nothing
+    _run_quick("semi_supervised", tmp_path)
+    again = json.loads((out / "results" / "labels-100.json").read_text())
+    assert again["epochs"] == 2 and again["test_error"] == result["test_error"]
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_networks_study_quick(tmp_path):
+    out = _run_quick("networks", tmp_path)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["network"] for row in rows] == list(_load("networks").NETWORKS.values())
+    for row in rows:
+        assert float(row["test_elbo"]) <= float(row["log_likelihood"]) + 3 * float(row["stderr"])
+        assert float(row["seconds_per_epoch"]) > 0
+    assert int(rows[1]["parameters"]) != int(rows[0]["parameters"])  # two different networks
+    readme = (out / "README.md").read_text()
+    assert "paired difference" in readme and "](samples.png)" in readme

@@ -19,6 +19,7 @@ SCRIPTS = {  # script -> (figure, number of rows, the edited run's directory and
     "learned_prior": ("samples.png", 2, "mixture", 1),
     "flow_guide": ("learning_curves.png", 2, "iaf", 1),
     "discretized_logistic": ("reconstructions.png", 2, "logistic", 1),
+    "conditional": ("samples.png", 2, "conditional", 1),
 }
 
 
@@ -133,3 +134,15 @@ def test_discretized_logistic_is_a_probability_mass_over_the_256_levels():
         log_p = q.log_prob(levels)
         assert torch.isfinite(log_p).all() and (log_p <= 0).all()
         assert log_p.double().exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_conditional_vae_reads_the_label_in_model_and_guide(tiny):
+    cvae = _edit(_load("conditional").ConditionalVAE)
+    _, x = tiny
+    y = torch.arange(8) % 10
+    q = [pyro.poutine.trace(cvae.guide).get_trace(x, labels).nodes["z"]["fn"].mean
+         for labels in (y, (y + 1) % 10)]
+    assert q[0].shape == (8, 4) and not torch.allclose(q[0], q[1])  # q(z | x, y)
+    grid = cvae.samples_by_class(3)  # rows: classes; columns: one z each
+    assert grid.shape == (30, 20)
+    assert not torch.allclose(grid[0], grid[3])  # one z, classes 0 and 1: p(x | z, y) differs

@@ -94,3 +94,52 @@ def test_sample_and_reconstruct_are_decoder_means_in_range():
 def test_unknown_activation_lists_the_choices():
     with pytest.raises(ValueError, match="'swish'.*relu.*tanh"):
         VAE(x_dim=D, z_dim=Z, activation="swish")
+
+
+# ------------------------------------------------------------------ convolutional networks
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 20, 30), (3, 7, 5)])
+def test_conv_networks_take_flat_rows_with_leading_dimensions(shape):
+    from pyro_vae.networks import ConvDecoder, ConvEncoder
+
+    d = shape[0] * shape[1] * shape[2]
+    encoder, decoder = ConvEncoder(shape, [16], 3), ConvDecoder(3, [16], shape, 2)
+    x = torch.rand(4, 6, d)  # (particles, batch, C*H*W)
+    loc, scale = encoder(x)
+    assert loc.shape == scale.shape == (4, 6, 3) and (scale > 0).all()
+    assert decoder(loc).shape == (4, 6, 2 * d)
+    # leading dimensions are only a batch: one row gives what it gives inside the batch
+    assert torch.allclose(encoder(x[1, 2])[0], loc[1, 2], atol=1e-6)
+
+
+def test_conv_vae_trains_scores_and_records_its_network():
+    from pyro_vae import log_likelihood
+
+    pyro.set_rng_seed(0)
+    vae = VAE(x_dim=3 * 8 * 12, z_dim=4, hidden=[32], network="conv", image_shape=(3, 8, 12),
+              likelihood="continuous-bernoulli")
+    assert vae.spec.arguments["network"] == "conv"
+    assert vae.spec.arguments["image_shape"] == [3, 8, 12]
+    assert "network" not in VAE(x_dim=20).spec.arguments  # an MLP's spec reads as before
+    x = torch.rand(16, 3 * 8 * 12)
+    elbo = make_elbo("iwae", num_particles=3)  # vectorized particles through the convolutions
+    before = elbo.loss(vae.model, vae.guide, x)
+    params = [p for _, p in pyro.get_param_store().named_parameters()]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    for _ in range(30):
+        elbo.loss_and_grads(vae.model, vae.guide, x)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert elbo.loss(vae.model, vae.guide, x) < before
+    ll = log_likelihood(vae.model, vae.guide, x[:3], num_samples=50)
+    assert ll.shape == (3,) and torch.isfinite(ll).all()
+
+
+def test_conv_vae_refuses_vectors_and_wrong_shapes():
+    with pytest.raises(ValueError, match="network 'conv' is for images.*vectors of 10"):
+        VAE(x_dim=10, network="conv")
+    with pytest.raises(ValueError, match="of 10 numbers in all, got \\(1, 3, 3\\)"):
+        VAE(x_dim=10, network="conv", image_shape=(1, 3, 3))
+    with pytest.raises(ValueError, match="unknown network 'resnet'; choose from: mlp, conv"):
+        VAE(x_dim=10, network="resnet")

@@ -20,6 +20,7 @@ from pyro_vae import (
     load_dataset,
     log_likelihood,
 )
+from pyro_vae.traces import takes_labels
 
 # The base VAE: `pyro-vae train`'s defaults, uncompiled (a compiled trace would freeze the
 # annealing factor of kl_annealing.py), 10 epochs.
@@ -79,14 +80,18 @@ def train(name: str, vae, data, config: Config, out: Path, callbacks=()) -> list
 def measure(name: str, vae, data, args, metrics: list[dict]) -> dict:
     """The table's numbers for a trained pair, in nats per example on the test split."""
     x = next(data.eval_batches("test", args.is_examples))  # one fixed binarization
-    ll = log_likelihood(vae.model, vae.guide, x, args.is_samples)
+    # a model of (x, y) is given the test labels: its numbers are of log p(x | y)
+    y = data.labels("test") if takes_labels(vae.model, vae.guide) else None
+    ll = log_likelihood(vae.model, vae.guide, x, args.is_samples,
+                        y=None if y is None else y[: len(x)])
     row = dict(
         run=name,
         data="binarized MNIST" if data.binarize else "8-bit grey-level MNIST",
         test_elbo=elbo(vae.model, vae.guide, data),
         log_likelihood=ll.mean().item(),
         stderr=(ll.std() / len(ll) ** 0.5).item(),
-        active_units=active_units(vae.guide, next(data.eval_batches("test", len(data.x_test))))[0],
+        active_units=active_units(vae.guide, next(data.eval_batches("test", len(data.x_test))),
+                                  y=y)[0],
         seconds_per_epoch=sum(m["seconds"] for m in metrics) / len(metrics),
     )
     print(f"{name:28s} test ELBO {row['test_elbo']:9.2f}  IS-{args.is_samples} "
