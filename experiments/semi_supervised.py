@@ -2,8 +2,8 @@ r"""Semi-supervised learning with deep generative models: the M2 model of Kingma
 Mohamed & Welling (2014), "Semi-Supervised Learning with Deep Generative Models", on MNIST
 with 100, 600, 1000 and 3000 labels.
 
-    .venv/bin/python experiments/semi_supervised.py --labels 3000 --epochs 40 --threads 1
-    .venv/bin/python experiments/semi_supervised.py --labels 100 600 1000 --epochs 15
+    .venv/bin/python experiments/semi_supervised.py --labels 3000 --epochs 75 --threads 1
+    .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 20 --threads 1
     .venv/bin/python experiments/semi_supervised.py --quick          # seconds (tests)
 
 The generative model, for every image, labelled or not:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -513,9 +514,10 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
     - Labels: as ``torchvision.datasets.ImageFolder``: each sub-folder is a class (sorted by
       name, labels 0, 1, ...), holding its images at any depth; images directly in the
       folder, without sub-folders, are unlabelled.
-    - Channels: grey images (Pillow modes ``1``, ``L``, ``I``, ...) give 1 channel, colour
-      (``RGB``, palette, ...) 3; an alpha channel is dropped. A folder mixing the two is
-      refused, naming one file of each.
+    - Channels: grey images (Pillow modes ``1``, ``L``, ``LA``) give 1 channel, colour
+      (``RGB``, palette, ...) 3; an alpha channel is dropped; images of 16 bits or more per
+      channel are refused. A folder mixing grey and colour is refused, naming one file of
+      each.
     - Size: all images must share one size, unless ``image_size`` (height, width) is given,
       to which every image is resized (bilinear).
     - Split: every 10th image of each class in file-name order (the 10th, 20th, ...) is a
@@ -524,8 +526,6 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
     Rows hold the pixels in (channel, height, width) order as floats in [0, 1]; the
     dataset's ``image_shape`` is (channels, height, width).
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(path)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     groups = [(i, _images_under(root / c)) for i, c in enumerate(classes)] if classes else [
@@ -535,28 +535,21 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
         raise DataError(f"{root}: no images in it ({', '.join(IMAGE_SUFFIXES)} files, in the "
                         "folder itself or in class sub-folders)")
     pictures, labels, tests, first_of = [], [], [], {}
-    for label, files in groups:
-        for k, file in enumerate(files):
-            try:
-                with Image.open(file) as image:
-                    image.load()
-                    grey = image.mode in ("1", "L", "LA", "F") or image.mode.startswith("I")
-                    channels = 1 if grey else 3
-                    image = image.convert("L" if channels == 1 else "RGB")
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise DataError(f"{file}: cannot be read as an image ({_one_line(e)})") from e
-            first_of.setdefault(channels, file)
-            if len(first_of) > 1:
-                raise DataError(f"{root}: images mix grey and colour: {first_of[1]} is grey "
-                                f"(1 channel), {first_of[3]} is colour (3 channels); convert "
-                                "them to one kind")
-            if image_size is not None and image.size != (image_size[1], image_size[0]):
-                image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-            pictures.append((file, array if array.ndim == 3 else array[..., None]))
-            labels.append(-1 if label is None else label)
-            last = k == len(files) - 1 and len(files) < FOLDER_TEST_EVERY
-            tests.append((k + 1) % FOLDER_TEST_EVERY == 0 or (last and len(files) > 1))
+    with tqdm(total=sum(len(files) for _, files in groups), desc=f"reading {root.name}",
+              unit="image", disable=not sys.stderr.isatty(), leave=False) as bar:
+        for label, files in groups:
+            for k, file in enumerate(files):
+                image, channels = _read_image(file, image_size)
+                first_of.setdefault(channels, file)
+                if len(first_of) > 1:
+                    raise DataError(f"{root}: images mix grey and colour: {first_of[1]} is "
+                                    f"grey (1 channel), {first_of[3]} is colour (3 channels); "
+                                    "convert them to one kind")
+                pictures.append((file, image))
+                labels.append(-1 if label is None else label)
+                last = k == len(files) - 1 and len(files) < FOLDER_TEST_EVERY
+                tests.append((k + 1) % FOLDER_TEST_EVERY == 0 or (last and len(files) > 1))
+                bar.update()
     shapes = {a.shape for _, a in pictures}
     if len(shapes) > 1:
         (file_a, a), (file_b, b) = pictures[0], next(p for p in pictures if p[1].shape !=
@@ -577,6 +570,30 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
     return Dataset(name=str(root), x_train=x[~test], x_test=x[test],
                    y_train=y[~test] if labelled else None, y_test=y[test] if labelled else None,
                    image_shape=image_shape)
+
+
+def _read_image(file: Path, image_size: tuple[int, int] | None) -> tuple[np.ndarray, int]:
+    """One image as uint8 (height, width, channels), resized to ``image_size``; and its
+    channels, 1 or 3."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image.load()
+            if image.mode == "F" or image.mode.startswith("I"):
+                raise DataError(f"{file}: its pixels are of mode {image.mode!r} (16 bits or "
+                                "more per channel); pyro-vae reads 8-bit images: save it as "
+                                "8-bit grey or RGB")
+            channels = 1 if image.mode in ("1", "L", "LA") else 3
+            image = image.convert("L" if channels == 1 else "RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{file}: cannot be read as an image ({_one_line(e)})") from e
+    if image_size is not None and image.size != (image_size[1], image_size[0]):
+        image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return (array if array.ndim == 3 else array[..., None]), channels
 
 
 def _images_under(folder: Path) -> list[Path]:

@@ -200,7 +200,8 @@ def test_folder_of_colour_pngs_with_nested_classes(tmp_path):
 def test_folder_of_grey_images_without_classes_and_resizing(tmp_path):
     for i in range(12):
         size = (10, 10) if i % 2 else (20, 12)  # two sizes: refused unless resized
-        _png(tmp_path / "g" / f"{i}.png", np.full(size, 10 * i, np.uint8))
+        suffix = ".jpg" if i % 3 == 0 else ".png"  # JPEG and PNG alike
+        _png(tmp_path / "g" / f"{i:02d}{suffix}", np.full(size, 10 * i, np.uint8))
     with pytest.raises(DataError, match="images differ in size.*--image-size"):
         load_dataset(str(tmp_path / "g"))
     d = load_dataset(str(tmp_path / "g"), image_size=(8, 5))
@@ -218,6 +219,11 @@ def test_bad_image_folders_name_the_file_and_the_problem(tmp_path):
     (tmp_path / "empty" / "a" / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match="empty: no images in it"):
         load_dataset(str(tmp_path / "empty"))
+    deep = tmp_path / "deep"
+    _png(deep / "a.png", np.full((4, 4), 40000, np.uint16))  # 16 bits: not silently clipped
+    _png(deep / "b.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="a.png: its pixels are of mode 'I;16'"):
+        load_dataset(str(deep))
     mixed = _colour_folder(tmp_path / "mixed")
     _png(mixed / "blue" / "zz.png", np.zeros((6, 8), np.uint8))
     with pytest.raises(DataError, match="mix grey and colour: .*zz.png is grey.*is colour"):
