@@ -83,7 +83,7 @@ def main():
     cfg = config(args)
     rows = []
     runs = {"base": "unconditional (base VAE): log p(x)",
-            "conditional": "conditional on the label: log p(x | y)"}
+            "conditional": "conditional on the label: log p(x ∣ y)"}
     for run, name in runs.items():
         vae = build(data, args, ConditionalVAE if run == "conditional" else VAE)
         metrics = train(run, vae, data, cfg, args.out)
