@@ -222,7 +222,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "elbo": bound,
         "elbo_estimator": {"meanfield": "TraceMeanField_ELBO", "trace": "Trace_ELBO",
                            "enum": "TraceEnum_ELBO"}[
-            elbo_estimator(guide, *(x[:1],) + (() if y is None else (y[:1],)))] + ", 1 particle",
+            elbo_estimator(guide, *((x[:1],) if y is None else (x[:1], y[:1])))] + ", 1 particle",
         "log_likelihood": ll_mean,
         "log_likelihood_stderr": ll_stderr,
         "log_likelihood_estimator": f"IS-{args.is_samples}, seed {args.seed}"

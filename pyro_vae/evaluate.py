@@ -107,11 +107,11 @@ def log_likelihood(
     n_chunk, k_chunk = chunk_shape(k, x[0].numel(), memory_mb)
     result = torch.empty(n, device=x.device)
     devices = [x.device] if x.device.type == "cuda" else []
-    bar = tqdm(total=n, desc=f"IS-{k} log-likelihood", unit="example", disable=not progress)
     labelled = takes_labels(model, guide)
     if labelled and (y is None or y.shape[:1] != x.shape[:1]):
         raise ValueError("the model takes labels (x, y): pass one label per row of x as y=")
     args = (lambda rows: (x[rows], y[rows])) if labelled else (lambda rows: (x[rows],))
+    bar = tqdm(total=n, desc=f"IS-{k} log-likelihood", unit="example", disable=not progress)
     with torch.random.fork_rng(devices=devices):
         nesting = plate_nesting(model, guide, *args(slice(0, 1)))
         for start in range(0, n, n_chunk):
@@ -188,8 +188,7 @@ def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int
     """The guide's distribution at ``site`` for every row of ``x``, batch by batch."""
     for start in range(0, x.shape[0], batch_size):
         rows = slice(start, start + batch_size)
-        trace = poutine.trace(guide).get_trace(*_arguments(x[rows], None if y is None
-                                                           else y[rows]))
+        trace = poutine.trace(guide).get_trace(*(a[rows] for a in _arguments(x, y)))
         if site not in trace.nodes:
             raise ValueError(f"the guide has no sample site {site!r}")
         yield trace.nodes[site]["fn"]
@@ -294,7 +293,7 @@ def prior_means(model: Callable, x_like: torch.Tensor, n: int,
     prior. The rows of ``x_like`` (repeated to ``n``) only stand in for the data the model is
     called with: its batch size, its checks; the labels ``y`` (repeated alike) are what a
     conditional model draws from."""
-    args = _arguments(_rows(x_like, n), None if y is None else _rows(y, n))
+    args = (_rows(a, n) for a in _arguments(x_like, y))
     return _observed(poutine.trace(model).get_trace(*args)).mean
 
 
@@ -314,7 +313,7 @@ def decoded_means(model: Callable, z: torch.Tensor, x_like: torch.Tensor,
                   site: str = "z", y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` at the given latent codes ``z`` (one per row), the model's
     latent site ``site`` held at them; ``x_like`` and ``y`` as in :func:`prior_means`."""
-    args = _arguments(_rows(x_like, z.shape[0]), None if y is None else _rows(y, z.shape[0]))
+    args = (_rows(a, z.shape[0]) for a in _arguments(x_like, y))
     trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(*args)
     return _observed(trace, held={site}).mean
 
@@ -323,8 +322,7 @@ def latent_dims(model: Callable, x_like: torch.Tensor,
                 y: torch.Tensor | None = None) -> dict[str, int]:
     """Each latent (unobserved) sample site of ``model`` and its number of dimensions."""
     with torch.no_grad():
-        trace = poutine.trace(model).get_trace(*_arguments(x_like[:1],
-                                                          None if y is None else y[:1]))
+        trace = poutine.trace(model).get_trace(*(a[:1] for a in _arguments(x_like, y)))
     return {name: site["value"][0].numel() for name, site in sample_sites(trace)
             if not site["is_observed"]}
 
@@ -334,8 +332,7 @@ def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str = "z"
     """Whether ``model``'s prior at ``site`` is N(0, I), the prior that
     :func:`kl_per_dimension` measures against."""
     with torch.no_grad():
-        trace = poutine.trace(model).get_trace(*_arguments(x_like[:2],
-                                                          None if y is None else y[:2]))
+        trace = poutine.trace(model).get_trace(*(a[:2] for a in _arguments(x_like, y)))
     if site not in trace.nodes:
         return False
     fn = trace.nodes[site]["fn"]
