@@ -186,7 +186,7 @@ def machine() -> str:
 
 def run(n_labels: int, args, data, x_test, y_test) -> dict:
     """Train (or resume) the run of ``n_labels`` labels up to ``args.epochs``; its result."""
-    run_dir = args.out / "runs" / f"labels-{n_labels}"
+    run_dir = args.out / "runs" / run_name(n_labels, args)
     semi = semi_supervised(data, n_labels, args.label_seed, args.repeat)
     pyro.set_rng_seed(args.seed)
     m2 = build_model(M2, x_dim=data.x_dim, z_dim=50, hidden=args.hidden, alpha=args.alpha)
@@ -197,7 +197,7 @@ def run(n_labels: int, args, data, x_test, y_test) -> dict:
     metrics = fit(m2.model, m2.guide, semi, config, run_dir, resume=resume, quiet=args.quick,
                   callbacks=[TestError(m2, x_test, y_test)])
     wall = time.perf_counter() - start
-    out = args.out / "results" / f"labels-{n_labels}.json"
+    out = args.out / "results" / f"{run_name(n_labels, args)}.json"
     before = json.loads(out.read_text()) if resume and out.exists() else {}
     minutes = sum(m["seconds"] for m in metrics) / 60
     result = dict(
@@ -220,6 +220,13 @@ def run(n_labels: int, args, data, x_test, y_test) -> dict:
     return result
 
 
+def run_name(n_labels: int, args) -> str:
+    """``labels-N``, and the seeds where they are not 0."""
+    seeds = "" if (args.seed, args.label_seed) == (0, 0) else \
+        f"-seed{args.seed}-labelseed{args.label_seed}"
+    return f"labels-{n_labels}{seeds}"
+
+
 def style_figure(m2: M2, x_test: torch.Tensor, y_test: torch.Tensor, path: Path,
                  n_labels: int) -> None:
     """For the first test image of each class: the image, then its style decoded with every
@@ -232,7 +239,7 @@ def style_figure(m2: M2, x_test: torch.Tensor, y_test: torch.Tensor, path: Path,
 
 def write_readme(out: Path) -> None:
     results = sorted((json.loads(p.read_text()) for p in (out / "results").glob("*.json")),
-                     key=lambda r: r["labels"])
+                     key=lambda r: (r["labels"], r["label_seed"], r["seed"]))
     if not results:
         return
     lines = [
@@ -241,10 +248,10 @@ def write_readme(out: Path) -> None:
         "data and settings). Test error: the classifier q(y | x) on the 10,000 MNIST test "
         "images (one fixed binarization: the test data of a binarized model), in %; beside "
         "it, the same classifier on the grey-level test images themselves (it was trained on "
-        "Bernoulli draws of grey levels, never on grey levels). The paper's row: Kingma et al. (2014), "
-        "Table 1, M2, mean ± standard deviation over its runs (50,000 training images; here "
-        "60,000). Training minutes: the epochs' training loops; wall minutes also count the "
-        "per-epoch test evaluation. Test ELBO: the bound on log p(x) of unlabelled test "
+        "Bernoulli draws of grey levels, never on grey levels). The paper's row: Kingma et "
+        "al. (2014), Table 1, M2, mean ± standard deviation over its runs (50,000 training "
+        "images; here 60,000). Training minutes: the epochs' training loops; wall minutes "
+        "also count the per-epoch test evaluation. Test ELBO: the bound on log p(x) of unlabelled test "
         "images, y summed out (nats per image, binarized MNIST).", "",
         "| labels | paper M2 (%) | ours (%) | grey test images (%) | best epoch (%) | epochs | "
         "training min | wall min | test ELBO | alpha | label seed, seed | machine |",
@@ -258,10 +265,9 @@ def write_readme(out: Path) -> None:
             f"{r['best_epoch_error']:.2f} | {r['epochs']} | {r['training_minutes']:.1f} | "
             f"{r['wall_minutes']:.1f} | {r['test_bound']:.2f} | {r['alpha']:g} | "
             f"{r['label_seed']}, {r['seed']} | {r['machine']} |")
-    lines += ["", "One seed per label count (the budget): the paper's spread is the "
-              "uncertainty to read the rows against. \"Best epoch\" is the lowest test error "
-              "of any epoch, shown for the curve's shape only: choosing it would select on "
-              "the test set.", "", "Commands:", ""]
+    lines += ["", *seed_means(results), "\"Best epoch\" is the lowest test error of any "
+              "epoch, shown for the curve's shape only: choosing it would select on the test "
+              "set.", "", "Commands:", ""]
     lines += [f"    {r['command']}" for r in results]
     style = f"style-{results[-1]['labels']}.png"  # the most labels
     lines += ["", "![test error against minutes](test_error.png)", "",
@@ -275,13 +281,30 @@ def write_readme(out: Path) -> None:
     error_curves(results, out / "test_error.png")
 
 
+def seed_means(results: list[dict]) -> list[str]:
+    """A line per label count: the mean ± standard error over its seeds (where it has
+    several runs of the same epochs), else that one seed is all there is."""
+    lines = []
+    for n in sorted({r["labels"] for r in results}):
+        runs = [r for r in results if r["labels"] == n]
+        errors = torch.tensor([r["test_error"] for r in runs], dtype=torch.float64)
+        if len(runs) > 1 and len({r["epochs"] for r in runs}) == 1:
+            lines.append(f"- {n} labels: {errors.mean():.2f} ± "
+                         f"{errors.std() / len(runs) ** 0.5:.2f} % (mean ± standard error over "
+                         f"{len(runs)} runs, label seed and seed changed together).")
+        else:
+            lines.append(f"- {n} labels: one run of {runs[0]['epochs']} epochs; the paper's "
+                         "spread is the uncertainty to read it against.")
+    return lines + [""]
+
+
 def error_curves(results: list[dict], path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for r in results:
         curve = r["curve"]
         ax.plot([c["minutes"] for c in curve], [c["test_error"] for c in curve],
-                marker=".", label=f"{r['labels']} labels")
+                marker=".", label=f"{r['labels']} labels, seeds {r['label_seed']}, {r['seed']}")
         if r["labels"] in PAPER:
             ax.axhline(PAPER[r["labels"]][0], color=ax.lines[-1].get_color(), ls=":", lw=1)
     ax.set_xlabel("minutes of training")
