@@ -244,15 +244,15 @@ def write_readme(out: Path) -> None:
         return
     lines = [
         "# Semi-supervised MNIST: M2 with enumerated labels", "",
-        "Written by `experiments/semi_supervised.py` (the script's docstring gives the model, "
-        "data and settings). Test error: the classifier q(y | x) on the 10,000 MNIST test "
-        "images (one fixed binarization: the test data of a binarized model), in %; beside "
-        "it, the same classifier on the grey-level test images themselves (it was trained on "
-        "Bernoulli draws of grey levels, never on grey levels). The paper's row: Kingma et "
-        "al. (2014), Table 1, M2, mean ± standard deviation over its runs (50,000 training "
-        "images; here 60,000). Training minutes: the epochs' training loops; wall minutes "
-        "also count the per-epoch test evaluation. Test ELBO: the bound on log p(x) of unlabelled test "
-        "images, y summed out (nats per image, binarized MNIST).", "",
+        "Written by `experiments/semi_supervised.py` (the script's docstring gives the "
+        "model, data and settings). Test error: the classifier q(y | x) on the 10,000 MNIST "
+        "test images (one fixed binarization: the test data of a binarized model), in %; "
+        "beside it, the same classifier on the grey-level test images themselves (it was "
+        "trained on Bernoulli draws of grey levels, never on grey levels). The paper's row: "
+        "Kingma et al. (2014), Table 1, M2, mean ± standard deviation over its runs (50,000 "
+        "training images; here 60,000). Training minutes: the epochs' training loops; wall "
+        "minutes also count the per-epoch test evaluation. Test ELBO: the bound on log p(x) "
+        "of unlabelled test images, y summed out (nats per image, binarized MNIST).", "",
         "| labels | paper M2 (%) | ours (%) | grey test images (%) | best epoch (%) | epochs | "
         "training min | wall min | test ELBO | alpha | label seed, seed | machine |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
