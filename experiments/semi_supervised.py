@@ -52,6 +52,7 @@ import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from torch import nn
 
 from pyro_vae import Callback, Config, build_model, fit, load_dataset
@@ -310,6 +311,9 @@ def error_curves(results: list[dict], path: Path) -> None:
     ax.set_xlabel("minutes of training")
     ax.set_ylabel("test error (%)")
     ax.set_yscale("log")
+    ticks = [2, 3, 4, 5, 7, 10, 15, 20, 30, 50]
+    ax.set_yticks(ticks, labels=[str(t) for t in ticks])
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title("M2 on MNIST: test error (dotted: the paper's M2)", fontsize=11)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
