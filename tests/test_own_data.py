@@ -104,3 +104,15 @@ def test_bad_data_exits_non_zero_naming_the_file_and_problem(tmp_path, capsys, m
     assert all(text in err for text in expected), err
     assert "Trace Shapes" not in err  # Pyro's trace dump is not for users
     assert not (run / "config.json").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_the_readme_examples_are_what_their_maker_says():
+    from pyro_vae import load_dataset
+    from scripts import ROOT
+
+    shapes = load_dataset(str(ROOT / "docs" / "examples" / "shapes"))
+    assert shapes.image_shape == (3, 24, 32)
+    assert len(shapes.x_train) + len(shapes.x_test) == 150 and len(shapes.x_test) == 15
+    assert sorted(set(shapes.y_train.tolist())) == [0, 1, 2]  # circle, cross, square
+    vectors = load_dataset(str(ROOT / "docs" / "examples" / "vectors.csv"))
+    assert vectors.x_dim == 10 and len(vectors.x_train) + len(vectors.x_test) == 1000
