@@ -19,12 +19,15 @@ out exactly over its ten values, in parallel, under :math:`q(y \mid x)`:
 in that bound makes the classifier agree with the labels, so the paper adds
 :math:`\alpha \cdot (-\log q(y \mid x))` for every labelled image (its equation 9). The
 paper's α = 0.1·N is a total over the labelled set; here ``--alpha`` weighs each labelled
-image (default 50: the paper's weight per label at 100 labels of N = 50,000; Pyro's
-own M2 example uses 46).
+image each time it is seen (default 50: the paper's weight per label at 100 labels of
+N = 50,000, shown once an epoch; Pyro's own M2 example uses 46).
 
 Data: dynamically binarized MNIST (a fresh Bernoulli draw of every batch), all 60,000
 training images, of which ``--labels`` keep their label: the same number from each class,
-drawn by ``--label-seed`` (0). The 10,000 test images are scored by the classifier's most
+drawn by ``--label-seed`` (0). The labelled images are appended to the training set
+``--repeat`` - 1 more times (default: as many as make them about half of every batch, 19
+times in all for 3000 labels, 599 for 100); results/semi_supervised/NOTES.md measures that
+against showing them once an epoch. The 10,000 test images are scored by the classifier's most
 likely class on one fixed binarization (seed 0). Networks as in Pyro's example: one hidden
 layer of 500 softplus units in the classifier, the encoder of z (input: x and y one-hot)
 and the decoder (input: z and y one-hot); 50 latent dimensions; Adam lr 4.2e-4; batch 200.
