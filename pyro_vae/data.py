@@ -1,8 +1,10 @@
 """Datasets as in-memory tensors, fetched through a chain of sources and checked by MD5.
 
 A :class:`Dataset` holds one float tensor per split, each row an example flattened to a
-vector with values in [0, 1]. Batches are slices of a random permutation; there is no
-per-item pipeline on the hot path.
+vector (images: values in [0, 1], pixels in (channel, height, width) order), its labels
+where it has them, and its images' shape. Batches are slices of a random permutation;
+there is no per-item pipeline on the hot path. Besides MNIST and Fashion-MNIST it reads a
+user's ``.npz`` and ``.csv`` files and folders of PNG/JPEG images (:func:`load_dataset`).
 
 ``mnist-binary`` uses *dynamic binarization*: every batch is a fresh draw
 ``x ~ Bernoulli(grey levels)``, the convention of Burda et al. (2016), "Importance
@@ -76,7 +78,8 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Train and test examples as float tensors of shape (N, D) with values in [0, 1]."""
+    """Train and test examples as float tensors of shape (N, D) (images in [0, 1]), with
+    integer labels (``-1``: unknown) where the data have them."""
 
     name: str
     x_train: torch.Tensor
