@@ -107,8 +107,9 @@ def test_bad_data_exits_non_zero_naming_the_file_and_problem(tmp_path, capsys, m
 
 
 def test_the_readme_examples_are_what_their_maker_says():
-    from pyro_vae import load_dataset
     from scripts import ROOT
+
+    from pyro_vae import load_dataset
 
     shapes = load_dataset(str(ROOT / "docs" / "examples" / "shapes"))
     assert shapes.image_shape == (3, 24, 32)
