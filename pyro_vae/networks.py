@@ -26,16 +26,21 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def activation_class(name: str) -> type[nn.Module]:
+    """The activation module registered as ``name``; a ``ValueError`` listing the choices
+    for an unknown one."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     """Linear layers ``sizes[0] -> ... -> sizes[-1]``, the activation between them."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}"
-        )
+    act = activation_class(activation)
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         if i > 0:
-            layers.append(ACTIVATIONS[activation]())
+            layers.append(act())
         layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
 
@@ -89,7 +94,7 @@ class ConvEncoder(nn.Module):
                  activation: str = "relu", channels: Sequence[int] = (32, 64)):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        act = ACTIVATIONS[_known(activation)]
+        act = activation_class(activation)
         layers: list[nn.Module] = []
         for c_in, c_out in zip((image_shape[0], *channels[:-1]), channels, strict=True):
             layers += [nn.Conv2d(c_in, c_out, _KERNEL, _STRIDE, _PADDING), act()]
@@ -120,7 +125,7 @@ class ConvDecoder(nn.Module):
         c, h, w = image_shape
         scale = _STRIDE ** len(channels)
         self.start = (channels[0], -(-h // scale), -(-w // scale))
-        act = ACTIVATIONS[_known(activation)]
+        act = activation_class(activation)
         self.net = mlp([z_dim, *hidden, math.prod(self.start)], activation)
         layers: list[nn.Module] = []
         for c_in, c_out in zip(channels, (*channels[1:], params_per_dim * c), strict=True):
@@ -136,11 +141,3 @@ class ConvDecoder(nn.Module):
 
 
 NETWORKS = ("mlp", "conv")
-
-
-def _known(activation: str) -> str:
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}"
-        )
-    return activation
