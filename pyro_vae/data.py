@@ -164,6 +164,12 @@ class Dataset:
         )
 
 
+def as_arguments(batches: Iterator, labels: bool) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Each of ``batches`` as a model's arguments: ``(x,)``, or with ``labels`` the pair
+    ``(x, y)`` that :meth:`Dataset.batches` yields then."""
+    return batches if labels else ((x,) for x in batches)
+
+
 def load_dataset(name: str, root: str | Path | None = None, download: bool = True,
                  image_size: tuple[int, int] | None = None) -> Dataset:
     """Load ``mnist``, ``mnist-binary``, ``fashion-mnist``, or a path to your own data:

@@ -26,7 +26,7 @@ import torch
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
-from .data import EVAL_SEED, Dataset
+from .data import EVAL_SEED, Dataset, as_arguments
 from .estimators import make_elbo, mean_loss
 from .memory import reuse_freed_memory
 from .traces import data_dim, log_prob_per_point, plate_nesting, sample_sites, takes_labels
@@ -54,9 +54,8 @@ def elbo(
     gets ``TraceEnum_ELBO``. A model of ``(x, y)`` is given each batch's labels. The latent
     draws come from ``seed``; the caller's random state is left as it was."""
     labelled = takes_labels(model, guide)
-    first = next(data.eval_batches(split, 1, labels=labelled))
-    estimator = make_elbo(elbo_estimator(guide, *(first if labelled else (first,))),
-                          num_particles=num_particles)
+    first = next(as_arguments(data.eval_batches(split, 1, labels=labelled), labelled))
+    estimator = make_elbo(elbo_estimator(guide, *first), num_particles=num_particles)
     batches = data.eval_batches(split, batch_size, EVAL_SEED, labels=labelled)
     with torch.random.fork_rng(devices=[data.x_test.device] if data.x_test.is_cuda else []):
         pyro.set_rng_seed(seed)

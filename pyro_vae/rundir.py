@@ -36,7 +36,7 @@ import pyro.poutine as poutine
 import torch
 
 from .config import Config
-from .data import Dataset, load_dataset
+from .data import Dataset, as_arguments, load_dataset
 from .spec import ModelSpec, rebuild
 from .traces import takes_labels
 
@@ -202,8 +202,8 @@ def load_run(
     built = built.to(config.device) if hasattr(built, "to") else built
     pyro.clear_param_store()
     labelled = takes_labels(built.model, built.guide)
-    batch = next(data.eval_batches("train", 8, labels=labelled))
-    params = declare_params(built.model, built.guide, *(batch if labelled else (batch,)))
+    args = next(as_arguments(data.eval_batches("train", 8, labels=labelled), labelled))
+    params = declare_params(built.model, built.guide, *args)
     restore_params(params, state["params"], run_dir / CHECKPOINT)
     restore_params(buffers_of(built), state.get("buffers", {}), run_dir / CHECKPOINT,
                    what="buffers")

@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
 from .config import OPTIMIZERS, RESUMABLE, Config
-from .data import Dataset
+from .data import Dataset, as_arguments
 from .distributed import World, data_parallel_step
 from .estimators import describe
 from .plots import learning_curves, run_title
@@ -182,7 +182,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                    disable=not show_bar, leave=False)
         start, total, seen = time.perf_counter(), 0.0, 0
-        batches = _arguments(data.batches("train", config.batch_size, generator,
+        batches = as_arguments(data.batches("train", config.batch_size, generator,
                                           labels=labelled), labelled)
         if world.size > 1:  # a last batch smaller than the world leaves a process nothing
             batches = (args for args in batches if args[0].shape[0] >= world.size)
@@ -273,17 +273,12 @@ def _check_same_run(saved: Config, saved_recorded: dict, config: Config, recorde
         )
 
 
-def _arguments(batches, labelled: bool):
-    """Each batch as the model's arguments: ``(x,)``, or ``(x, y)`` for a model of labels."""
-    return batches if labelled else ((x,) for x in batches)
-
-
 @torch.no_grad()
 def _test_loss(elbo, model, guide, data: Dataset, batch_size: int, world: World,
                labelled: bool = False) -> float:
     """The estimator's negative bound per test example (one fixed binarization), each
     process taking its share of every batch."""
-    batches = _arguments(data.eval_batches("test", batch_size, labels=labelled), labelled)
+    batches = as_arguments(data.eval_batches("test", batch_size, labels=labelled), labelled)
     shards = [tuple(world.shard(a) for a in args) for args in batches]
     local = sum(elbo.loss(model, guide, *args) for args in shards if args[0].shape[0])
     return world.sum(local) / data.x_test.shape[0]
@@ -332,7 +327,7 @@ def _create_params(
     and the estimator makes its one-off guesses (Pyro's plate nesting, which runs model and
     guide); return the param store's unconstrained tensors by name, sorted (a stable
     optimizer order)."""
-    args = next(_arguments(data.eval_batches("train", 8, labels=labelled), labelled))
+    args = next(as_arguments(data.eval_batches("train", 8, labels=labelled), labelled))
     with poutine.block():
         elbo.loss(model, guide, *args)
     return dict(sorted(pyro.get_param_store().named_parameters()))
