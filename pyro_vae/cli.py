@@ -37,7 +37,6 @@ from .networks import ACTIVATIONS, NETWORKS
 from .rundir import RunError, atomic_write_text, load_run, read_config, read_model
 from .schedules import SCHEDULES
 from .spec import build_model, rebuild, resolve
-from .traces import takes_labels
 from .train import fit
 
 # The flags that describe the built-in VAE (the model), apart from how it trains (Config).
@@ -158,6 +157,7 @@ def evaluate(args: argparse.Namespace) -> int:
         elbo,
         elbo_estimator,
         kl_per_dimension,
+        labels_for,
         log_likelihood,
         standard_normal_prior,
     )
@@ -174,7 +174,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.examples is not None:
         data = data.subset(**{args.split: args.examples})
     x = torch.cat(list(data.eval_batches(args.split, 1000)))  # one fixed binarization
-    y = data.labels(args.split) if takes_labels(model, guide) else None  # a model of (x, y)
+    y = labels_for(model, guide, data, args.split)  # None for a model of x alone
     if y is not None and args.ais_steps:
         raise ValueError("--ais-steps: AIS is implemented for models of x alone; this model "
                          "takes labels (x, y)")
@@ -297,7 +297,10 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 def _labels_for(built, data, split: str, n: int):
     """The first ``n`` labels of ``split`` for a model of (x, y); None for a model of x."""
-    return data.labels(split)[:n] if takes_labels(built.model, built.guide) else None
+    from .evaluate import labels_for
+
+    y = labels_for(built.model, built.guide, data, split)
+    return None if y is None else y[:n]
 
 
 def _require_images(data, command: str) -> None:

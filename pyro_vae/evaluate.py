@@ -177,6 +177,12 @@ def _log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
 # ``(x, y)`` (a conditional VAE); None for a pair of ``x`` alone.
 
 
+def labels_for(model: Callable, guide: Callable, data: Dataset, split: str = "test"):
+    """The labels of ``split`` (file order, as :meth:`Dataset.eval_batches`) for a pair of
+    ``(x, y)``; None for a pair of ``x`` alone."""
+    return data.labels(split) if takes_labels(model, guide) else None
+
+
 def _arguments(x: torch.Tensor, y: torch.Tensor | None) -> tuple:
     return (x,) if y is None else (x, y)
 

@@ -16,13 +16,13 @@ from matplotlib.ticker import MaxNLocator
 
 from .evaluate import (
     decoded_means,
+    labels_for,
     latent_dims,
     posterior_means,
     prior_means,
     reconstruction_means,
 )
 from .rundir import FIGURES, load_run, read_metrics
-from .traces import takes_labels
 
 DPI = 100
 
@@ -262,7 +262,7 @@ def plot_run(
         written.append(learning_curves({"": metrics}, figures / "learning_curves.png",
                                        title=run_title(built.spec, config)))
     x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
-    y = data.labels("test") if takes_labels(model, guide) else None  # a model of (x, y)
+    y = labels_for(model, guide, data)  # None for a model of x alone
     rows = (lambda n: None) if y is None else (lambda n: y[:n])
     latents = latent_dims(model, x, y=y)
     images = data.image_shape is not None

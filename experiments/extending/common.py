@@ -20,7 +20,7 @@ from pyro_vae import (
     load_dataset,
     log_likelihood,
 )
-from pyro_vae.traces import takes_labels
+from pyro_vae.evaluate import labels_for
 
 # The base VAE: `pyro-vae train`'s defaults, uncompiled (a compiled trace would freeze the
 # annealing factor of kl_annealing.py), 10 epochs.
@@ -81,7 +81,7 @@ def measure(name: str, vae, data, args, metrics: list[dict]) -> dict:
     """The table's numbers for a trained pair, in nats per example on the test split."""
     x = next(data.eval_batches("test", args.is_examples))  # one fixed binarization
     # a model of (x, y) is given the test labels: its numbers are of log p(x | y)
-    y = data.labels("test") if takes_labels(vae.model, vae.guide) else None
+    y = labels_for(vae.model, vae.guide, data)
     ll = log_likelihood(vae.model, vae.guide, x, args.is_samples,
                         y=None if y is None else y[: len(x)])
     row = dict(
