@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .evaluate import latent_dims
 from .memory import reuse_freed_memory
-from .traces import data_dim, log_prob_per_site, plate_nesting, sample_sites
+from .traces import data_dim, data_plate, log_prob_per_site, plate_nesting, sample_sites
 
 _CHAINS = "_ais_chains"
 INITIAL = ("guide", "prior")
@@ -95,7 +95,7 @@ def ais_log_likelihood(
     step_size: float = 0.05,
     target_acceptance: float = 0.65,
     seed: int = 0,
-    plate: str = "data",
+    plate: str | None = None,
     progress: bool = False,
 ) -> AIS:
     """AIS estimates of :math:`\\log p(x)` for every row of ``x`` (see the module's text):
@@ -123,7 +123,7 @@ def bdmc(
     step_size: float = 0.05,
     target_acceptance: float = 0.65,
     seed: int = 0,
-    plate: str = "data",
+    plate: str | None = None,
     progress: bool = False,
 ) -> BDMC:
     """Bidirectional Monte Carlo on data simulated from ``model``: one ``x`` per row of
@@ -159,6 +159,7 @@ class _Path:
 
     def __init__(self, model, guide, x, chains, initial, plate):
         self.model, self.guide, self.x = model, guide, x
+        plate = plate or data_plate(model, guide, x[: min(len(x), 3)])
         self.chains, self.initial, self.plate = chains, initial, plate
         self.nesting = plate_nesting(model, guide, x[:1])
         with torch.no_grad(), self._chains():

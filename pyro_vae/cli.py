@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -28,17 +29,18 @@ import torch
 
 from .callbacks import TensorBoard
 from .config import OPTIMIZERS, Config
-from .data import DATASETS, EVAL_SEED, fetch, load_dataset
+from .data import DATASETS, EVAL_SEED, fetch, load_dataset, load_recorded
 from .distributed import World
 from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .networks import ACTIVATIONS, NETWORKS
-from .rundir import RunError, atomic_write_text, load_run, read_config, read_model
+from .rundir import RunError, atomic_write_text, load_run, read_config, read_data, read_model
 from .schedules import SCHEDULES
 from .spec import build_model, rebuild, resolve
 from .train import fit
 
+DEFAULT_DATASET = "mnist-binary"  # of a new run without --dataset
 # The flags that describe the built-in VAE (the model), apart from how it trains (Config).
 VAE_FLAGS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation", "network")
 
@@ -52,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except (RunError, ValueError) as e:  # DataError and bad options are ValueErrors
+        if not _raised_by_pyro_vae(e):  # inside a user's model or guide: its traceback
+            traceback.print_exc()
+            print(f"pyro-vae: error: {type(e).__name__} raised outside pyro-vae (in the model "
+                  "or guide, or a library they call): see the traceback above",
+                  file=sys.stderr)
+            return 1
         # Pyro appends the trace's shapes to an error raised inside a model: not for users
         message = str(e).split("Trace Shapes:")[0].rstrip()
         print(f"pyro-vae: error: {message}", file=sys.stderr)
@@ -61,9 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _raised_by_pyro_vae(e: BaseException) -> bool:
+    """Whether ``e`` was raised by pyro-vae's own code (an error of ours, one clear line),
+    not inside a user's model or guide or a library (whose traceback the user needs)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().parent == _PACKAGE
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
 def train(args: argparse.Namespace) -> int:
     if args.image_size is not None and len(args.image_size) == 1:
         args.image_size *= 2  # one number: square images
+    if args.image_size is not None and min(args.image_size) < 1:
+        raise ValueError(f"--image-size is HEIGHT WIDTH, each at least 1, got {args.image_size}")
     given = {f.name: getattr(args, f.name) for f in fields(Config)
              if getattr(args, f.name, None) is not None}
     vae_flags = [name for name in VAE_FLAGS if getattr(args, name) is not None]
@@ -72,10 +94,13 @@ def train(args: argparse.Namespace) -> int:
         if vae_flags or args.model_args is not None:
             raise ValueError(f"a resumed run keeps its model: drop {_flags(vae_flags) or ''}"
                              f"{' --model-args' if args.model_args is not None else ''}")
+        if args.image_size is not None:
+            raise ValueError("a resumed run keeps its data: drop --image-size")
         run_dir = Path(args.resume)
         saved, _ = world.on_main(read_config, run_dir)  # only the main process reads the run
         config = replace(saved, **given)  # fit refuses changes but --epochs and --jit
         spec = world.on_main(read_model, run_dir)
+        recorded = world.on_main(read_data, run_dir)
         if spec is None:
             raise RunError(f"{run_dir} does not record how its model was built: resume it "
                            "from Python with fit(..., resume=True) and the same model/guide")
@@ -85,6 +110,7 @@ def train(args: argparse.Namespace) -> int:
                              "--model takes its arguments from --model-args (a JSON object)")
         # A compiled trace is exact for the built-in VAE, which is static; not assumed of others.
         given.setdefault("jit", not args.model and given.get("elbo", Config.elbo) in COMPILABLE)
+        given.setdefault("dataset", DEFAULT_DATASET)
         config = Config(**given)
         run_dir = world.broadcast(Path(args.out or _default_run_dir(config, args)))
     if world.size > 1 and args.jit is None:
@@ -92,7 +118,7 @@ def train(args: argparse.Namespace) -> int:
     config.check()  # bad options fail here, before data is fetched or anything is written
     model_args = _json_object(args.model_args)  # and so do bad model options
     if args.resume:
-        built = rebuild(spec, args.model)  # the parameters come from the checkpoint
+        built = rebuild(spec, args.model, args.edited_model)  # parameters: the checkpoint's
     elif args.model:
         resolve(args.model)
     else:
@@ -101,7 +127,10 @@ def train(args: argparse.Namespace) -> int:
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
-    data = load_dataset(config.dataset, image_size=config.image_size)
+    if args.resume and recorded is not None:  # the data it trained on, checked
+        data = load_recorded(recorded)
+    else:
+        data = load_dataset(config.dataset, image_size=args.image_size)
     if args.model and not args.resume:
         built = build_model(args.model, **model_args)
     elif not args.resume:
@@ -113,6 +142,10 @@ def train(args: argparse.Namespace) -> int:
     metrics = fit(built.model, built.guide, data, config, run_dir,
                   resume=bool(args.resume), quiet=args.quiet, callbacks=callbacks)
     if metrics and world.main:
+        from .plots import learning_curves, run_title
+
+        learning_curves({"": metrics}, run_dir / "figures" / "learning_curves.png",
+                        title=run_title(built.spec, config))
         last = metrics[-1]
         print(f"final test loss: {last['test_loss']:.3f} nats per example after epoch "
               f"{last['epoch']} (the negative bound of estimator {config.elbo!r})")
@@ -169,7 +202,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, "
                              f"got {getattr(args, flag)}")
-    _, built, data = load_run(run_dir, args.model, args.device)
+    _, built, data = load_run(run_dir, args.model, args.device, edited=args.edited_model)
     model, guide = built.model, built.guide
     if args.examples is not None:
         data = data.subset(**{args.split: args.examples})
@@ -205,11 +238,11 @@ def evaluate(args: argparse.Namespace) -> int:
         active, variances = active_units(guide, x, y=y)
     except ValueError as e:
         active, variances = None, None
-        skipped.append(f"active units: no posterior mean at site 'z' ({e})")
+        skipped.append(f"active units: no posterior mean of one latent site ({e})")
     kl = None
     if not standard_normal_prior(model, x, y=y):
-        skipped.append("KL per dimension: the model's prior at 'z' is not N(0, I), the prior "
-                       "it is measured against")
+        skipped.append("KL per dimension: the model's prior is not N(0, I) at one latent "
+                       "site, the prior it is measured against")
     else:
         try:
             kl = kl_per_dimension(guide, x, y=y)
@@ -266,7 +299,8 @@ def sample(args: argparse.Namespace) -> int:
     from .evaluate import prior_means
     from .plots import samples
 
-    _, built, data = load_run(args.run_dir, args.model, args.device)
+    _, built, data = load_run(args.run_dir, args.model, args.device,
+                              edited=args.edited_model)
     _require_images(data, "sample")
     x = next(data.eval_batches("test", args.n))
     y = _labels_for(built, data, "test", args.n)
@@ -282,7 +316,8 @@ def reconstruct(args: argparse.Namespace) -> int:
     from .evaluate import reconstruction_means
     from .plots import reconstructions
 
-    _, built, data = load_run(args.run_dir, args.model, args.device)
+    _, built, data = load_run(args.run_dir, args.model, args.device,
+                              edited=args.edited_model)
     _require_images(data, "reconstruct")
     x = next(data.eval_batches(args.split, args.n))
     y = _labels_for(built, data, args.split, args.n)
@@ -313,7 +348,7 @@ def plot(args: argparse.Namespace) -> int:
     from .plots import plot_run
 
     written, skipped = plot_run(args.run_dir, seed=args.seed, factory=args.model,
-                                device=args.device)
+                                device=args.device, edited=args.edited_model)
     for path in written:
         print(f"wrote {path}")
     for line in skipped:
@@ -344,7 +379,7 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(command=train)
     # Defaults are None so that only the flags actually given override a config.
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a path: a .npz or .csv file, "
-                   f"or a folder of PNG/JPEG images in class sub-folders ({d.dataset})")
+                   f"or a folder of PNG/JPEG images in class sub-folders ({DEFAULT_DATASET})")
     t.add_argument("--image-size", dest="image_size", type=int, nargs="+",
                    metavar=("HEIGHT", "WIDTH"),
                    help="resize a folder's images to this (one number: square)")
@@ -387,7 +422,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="compile the loss with Pyro's JIT (default: on for "
                    f"{', '.join(COMPILABLE)}; the built-in VAE is static, so it traces exactly)")
     t.add_argument("--seed", type=int, help=f"the one seed of every random draw ({d.seed})")
-    t.add_argument("--device", help=f"cpu, cuda, cuda:1, ... ({d.device})")
+    t.add_argument("--device", help=f"cpu, cuda, cuda:1, ... ({d.device}); under torchrun "
+                   "'cuda' gives each process its own GPU")
+    t.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                   help="on CUDA, deterministic kernels, so that a resumed run ends bit for "
+                   "bit where an uninterrupted one does (default: on)")
     t.add_argument("--out",
                    help="run directory (default: runs/<time>-<dataset>-<likelihood>-<elbo>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
@@ -431,7 +470,12 @@ def _parser() -> argparse.ArgumentParser:
             "--model", metavar="FACTORY", help="the factory of a model outside pyro_vae "
             "(path/to/file.py:function), the one the run records: a run directory never runs "
             "code by itself")
-        loads_a_run.add_argument("--device", help="cpu, cuda, ... (default: the run's own)")
+        loads_a_run.add_argument("--device", help="cpu, cuda, ... (default: the run's own; "
+                                 "the CPU for a GPU-trained run where CUDA is missing)")
+    for rebuilds in (t, e, s, r, p):
+        rebuilds.add_argument("--edited-model", dest="edited_model", action="store_true",
+                              help="rebuild a model of --model from its factory file although "
+                              "the file changed since the run was trained")
 
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")

@@ -15,18 +15,20 @@ from .estimators import make_elbo
 from .schedules import SCHEDULES
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-RESUMABLE = ("epochs", "jit")  # settings a resumed run may change (jit: same numbers)
+RESUMABLE = ("epochs", "jit", "deterministic")  # what a resumed run may change: same numbers
 # Model settings of the first format, when config.json held both (before model.json).
 _OLD_MODEL_KEYS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation")
+# Data settings of earlier formats, now recorded with the data themselves (data.json).
+_OLD_DATA_KEYS = ("image_size",)
 
 
 @dataclass
 class Config:
     """Everything about how a run trains: data, estimator, optimizer, schedule, seed."""
 
-    dataset: str = "mnist-binary"
-    # [height, width] that a folder of images is resized to (None: the images' own size)
-    image_size: list[int] | None = None
+    # The name the data were loaded by (load_dataset's). None: the name of the data given
+    # to fit, which the run records in full (data.json); a name that disagrees is refused.
+    dataset: str | None = None
     # The estimator by name (pyro_vae.estimators.ESTIMATORS); None when fit was given an
     # estimator object (its description is then recorded beside the config).
     elbo: str | None = "meanfield"
@@ -49,6 +51,10 @@ class Config:
     epochs: int = 10
     seed: int = 0
     device: str = "cpu"
+    # On CUDA, train with torch.use_deterministic_algorithms (deterministic convolutions
+    # and cuBLAS), so that a resumed run ends bit for bit where an uninterrupted one does.
+    # False: torch's fastest kernels, and a resumed run equal to float rounding only.
+    deterministic: bool = True
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first setting that cannot work."""
@@ -62,10 +68,6 @@ class Config:
                              f"optimizer {self.optimizer!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
-        if self.image_size is not None and (len(self.image_size) != 2
-                                            or min(self.image_size) < 1):
-            raise ValueError(f"image_size is [height, width], each at least 1, got "
-                             f"{self.image_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}"
@@ -86,7 +88,7 @@ class Config:
 
     def summary(self) -> str:
         """One line for figure titles."""
-        return (f"{self.dataset}, {self.elbo or 'own estimator'}, {self.optimizer} lr "
+        return (f"{self.dataset or 'own data'}, {self.elbo or 'own estimator'}, {self.optimizer} lr "
                 f"{self.lr:g}{', ' + self.schedule if self.schedule else ''}, "
                 f"batch {self.batch_size}")
 
@@ -99,6 +101,7 @@ class Config:
                 f"it mixes model settings {old} into the training config: it was written by "
                 "pyro-vae 0.1, whose run directories do not say which model they hold, so it "
                 "cannot be rebuilt safely; train it again")
+        d = {key: value for key, value in d.items() if key not in _OLD_DATA_KEYS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known: {', '.join(sorted(known))}")

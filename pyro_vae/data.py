@@ -36,7 +36,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +79,12 @@ class DataError(ValueError):
 @dataclass
 class Dataset:
     """Train and test examples as float tensors of shape (N, D) (images in [0, 1]), with
-    integer labels (``-1``: unknown) where the data have them."""
+    integer labels (``-1``: unknown) where the data have them.
+
+    ``source`` says how :func:`load_dataset` made it (its name and loader options), so that
+    a run directory can load the same data again; :meth:`record` adds row counts and a
+    fingerprint of the contents, which the reloaded data must match. A dataset built in
+    Python has no source: a run on it is evaluated from Python, with the same object."""
 
     name: str
     x_train: torch.Tensor
@@ -89,7 +94,14 @@ class Dataset:
     # (channels, height, width) of each row: (1, 28, 28) for MNIST, (3, H, W) for colour;
     # None for plain vectors (a .csv file, a .npz file of (N, D))
     image_shape: tuple[int, int, int] | None = None
-    binarize: bool = False  # dynamic binarization: each batch is a fresh Bernoulli draw
+    binarize: bool = False  # dynamic binarization: each training batch a fresh Bernoulli draw
+    # load_dataset's arguments ({"name": ..., "image_size": ...}) and the subset taken
+    source: dict | None = None
+    # With binarize: each split's one evaluation binarization (uint8, 0 or 1), drawn once at
+    # load time on the CPU from EVAL_SEED; every evaluation reads it (eval_batches).
+    fixed: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    # Where row i of a split comes from, for messages ("row 101 of f.csv (line 102)").
+    where: Callable[[str, int], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def x_dim(self) -> int:
@@ -103,7 +115,7 @@ class Dataset:
         shuffle: bool = True,
         labels: bool = False,
     ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield batches of ``split`` ("train" or "test") in a random order drawn from
+        """Training batches of ``split`` ("train" or "test") in a random order drawn from
         ``generator`` (or in file order with ``shuffle=False``); with ``binarize`` each
         batch is a fresh Bernoulli draw from the same generator. With ``labels``, each batch
         is a pair ``(x, y)``, the labels of the same rows (``-1`` where a label is unknown,
@@ -120,12 +132,19 @@ class Dataset:
                 batch = torch.bernoulli(batch, generator=generator)
             yield (batch, y[rows]) if labels else batch
 
-    def eval_batches(self, split: str, batch_size: int, seed: int = EVAL_SEED,
-                     labels: bool = False):
-        """Batches of ``split`` in file order, binarized (if at all) by a fixed draw from
-        ``seed``: the same data every time, so evaluations are comparable."""
-        generator = torch.Generator(device=self.x_train.device).manual_seed(seed)
-        return self.batches(split, batch_size, generator, shuffle=False, labels=labels)
+    def eval_batches(self, split: str, batch_size: int, labels: bool = False):
+        """Batches of :meth:`evaluation` data in file order: the same data every time, for
+        any batch size and on any device, so evaluations are comparable."""
+        x = self.fixed[split] if self.binarize else self.split(split)
+        y = self.labels(split) if labels else None
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size].float()  # a copy where x is uint8
+            yield (batch, y[start : start + batch_size]) if labels else batch
+
+    def evaluation(self, split: str) -> torch.Tensor:
+        """The evaluation data of ``split``: its one fixed binarization (seed
+        :data:`EVAL_SEED`) where the data are binarized, else the split itself."""
+        return self.fixed[split].float() if self.binarize else self.split(split)
 
     def labels(self, split: str) -> torch.Tensor:
         """The labels of ``split``; a :class:`DataError` naming the dataset if it has none."""
@@ -142,15 +161,29 @@ class Dataset:
             raise DataError(f"unknown split {split!r}; choose from: train, test")
         return self.x_train if split == "train" else self.x_test
 
+    def row(self, split: str, i: int) -> str:
+        """Where row ``i`` of ``split`` comes from, in words."""
+        return self.where(split, i) if self.where else f"{split} row {i}"
+
     def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
         """The first ``train`` training and ``test`` test examples (all where None)."""
         cut = lambda t, n: None if t is None else t[:n]  # noqa: E731
+        source = self.source
+        if source is not None:
+            taken = dict(source.get("subset") or {})
+            for split, n in (("train", train), ("test", test)):
+                if n is not None:
+                    taken[split] = min(n, taken.get(split, n))
+            source = {**source, "subset": taken or None}
         return replace(
             self,
             x_train=self.x_train[:train],
             x_test=self.x_test[:test],
             y_train=cut(self.y_train, train),
             y_test=cut(self.y_test, test),
+            fixed=None if self.fixed is None else {
+                "train": self.fixed["train"][:train], "test": self.fixed["test"][:test]},
+            source=source,
         )
 
     def to(self, device: str | torch.device) -> Dataset:
@@ -161,7 +194,67 @@ class Dataset:
             x_test=move(self.x_test),
             y_train=move(self.y_train),
             y_test=move(self.y_test),
+            fixed=None if self.fixed is None else {k: move(v) for k, v in self.fixed.items()},
         )
+
+    def record(self) -> dict:
+        """What a run directory records of its data (``data.json``): how to load them again
+        (``source``), and what they hold: rows per split, image shape, labels, the
+        binarization, and a fingerprint of every tensor (BLAKE2b of its bytes, on the CPU)."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "rows": {"train": self.x_train.shape[0], "test": self.x_test.shape[0]},
+            "x_dim": self.x_dim,
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "labelled": self.y_train is not None,
+            "binarization": (f"dynamic (training); evaluation: one fixed draw, seed "
+                             f"{EVAL_SEED}") if self.binarize else None,
+            "fingerprint": {key: fingerprint(t) for key, t in (
+                ("x_train", self.x_train), ("x_test", self.x_test),
+                ("y_train", self.y_train), ("y_test", self.y_test)) if t is not None},
+        }
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """A digest of a tensor's dtype, shape and contents (BLAKE2b, 128 bits)."""
+    a = t.detach().cpu().contiguous()
+    h = hashlib.blake2b(f"{a.dtype} {tuple(a.shape)}".encode(), digest_size=16)
+    h.update(memoryview(a.numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def differences(recorded: dict, data: Dataset) -> list[str]:
+    """How ``data`` differ from what a run ``recorded`` of its data (empty: the same)."""
+    now = data.record()
+    found = []
+    for key in ("name", "rows", "x_dim", "image_shape", "labelled", "binarization"):
+        if recorded.get(key) != now[key]:
+            found.append(f"{key} {recorded.get(key)!r} then, {now[key]!r} now")
+    for key, digest in recorded.get("fingerprint", {}).items():
+        if now["fingerprint"].get(key) != digest:
+            found.append(f"the contents of {key} (fingerprint {digest} then, "
+                         f"{now['fingerprint'].get(key)} now)")
+    return found
+
+
+def load_recorded(recorded: dict) -> Dataset:
+    """The data a run recorded (:meth:`Dataset.record`), loaded again by its source and
+    checked against its fingerprint: a :class:`DataError` naming what differs."""
+    source = recorded.get("source")
+    if source is None:
+        raise DataError(
+            f"the run trained on data {recorded.get('name')!r} made in Python, not by "
+            "load_dataset, so they cannot be loaded again by name: pass the same Dataset "
+            "(load_run(..., data=...))")
+    data = load_dataset(source["name"], image_size=source.get("image_size"))
+    if source.get("subset"):
+        data = data.subset(**source["subset"])
+    changed = differences(recorded, data)
+    if changed:
+        raise DataError(f"the data {source['name']!r} have changed since the run trained on "
+                        f"them: {'; '.join(changed)}. Restore them, or train a new run")
+    return data
 
 
 def as_arguments(batches: Iterator, labels: bool) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -187,12 +280,13 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     name = str(name)
     if image_size is not None and not Path(name).is_dir():
         raise DataError(f"image_size is for a folder of images, not for {name!r}")
+    source = {"name": name, "image_size": None if image_size is None else list(image_size)}
     if name.endswith(".npz"):
-        return load_npz(name)
+        return replace(load_npz(name), source=source)
     if name.endswith(".csv"):
-        return load_csv(name)
+        return replace(load_csv(name), source=source)
     if Path(name).is_dir():
-        return load_image_folder(name, image_size)
+        return replace(load_image_folder(name, image_size), source=source)
     if name not in DATASETS:
         raise DataError(
             f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}, "
@@ -204,15 +298,30 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     def images_to_float(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.reshape(a.shape[0], -1)).float().div_(255)
 
+    x_train = images_to_float(images["train-images-idx3-ubyte"])
+    x_test = images_to_float(images["t10k-images-idx3-ubyte"])
+    binarize = name == "mnist-binary"
     return Dataset(
         name=name,
-        x_train=images_to_float(images["train-images-idx3-ubyte"]),
-        x_test=images_to_float(images["t10k-images-idx3-ubyte"]),
+        x_train=x_train,
+        x_test=x_test,
         y_train=torch.from_numpy(images["train-labels-idx1-ubyte"].astype(np.int64)),
         y_test=torch.from_numpy(images["t10k-labels-idx1-ubyte"].astype(np.int64)),
         image_shape=(1, *images["train-images-idx3-ubyte"].shape[1:]),
-        binarize=name == "mnist-binary",
+        binarize=binarize,
+        source=source,
+        fixed=fixed_binarization(x_train, x_test) if binarize else None,
+        where=lambda split, i: f"{name} {split} image {i}",
     )
+
+
+def fixed_binarization(x_train: torch.Tensor, x_test: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One Bernoulli draw of each split's grey levels, each split from a CPU generator
+    seeded :data:`EVAL_SEED`, stored as uint8: the evaluation data of a binarized dataset,
+    the same for every batch size and device (and the draw that batch-by-batch
+    binarization on the CPU gave before it was drawn once)."""
+    return {split: torch.bernoulli(x.cpu(), generator=torch.Generator().manual_seed(EVAL_SEED))
+            .to(torch.uint8) for split, x in (("train", x_train), ("test", x_test))}
 
 
 # --------------------------------------------------------------------------- fetch chain
@@ -396,11 +505,18 @@ def load_npz(path: str | Path) -> Dataset:
         y_test = _npz_labels(arrays.get("y_test"), x_test.shape[0], f"{path}: y_test")
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: x_test has shape {x_test.shape}, x has {x.shape}")
+        rows = {"train": ("x", None), "test": ("x_test", None)}
     else:
         train, test = _held_out(x.shape[0])
         x, x_test = x[train], x[test]
         y, y_test = (None, None) if y is None else (y[train], y[test])
+        rows = {"train": ("x", train), "test": ("x", test)}
     image_shape = (1, *x.shape[1:]) if x.ndim == 3 else None
+
+    def where(split: str, i: int) -> str:
+        array, order = rows[split]
+        return f"{array}[{i if order is None else int(order[i])}] of {path} ({split} split)"
+
     return Dataset(
         name=str(path),
         x_train=x.reshape(x.shape[0], -1),
@@ -408,6 +524,7 @@ def load_npz(path: str | Path) -> Dataset:
         y_train=y,
         y_test=y_test,
         image_shape=image_shape,
+        where=where,
     )
 
 
@@ -498,9 +615,16 @@ def load_csv(path: str | Path) -> Dataset:
         values = np.delete(values, column, axis=1)
     x = torch.from_numpy(values.astype(np.float32))
     train, test = _held_out(x.shape[0])
+    rows = {"train": train, "test": test}
+    first_line = 1 + (header is not None)
+
+    def where(split: str, i: int) -> str:
+        r = int(rows[split][i])
+        return f"row {r + 1} of {path} (line {r + first_line}, {split} split)"
+
     return Dataset(name=str(path), x_train=x[train], x_test=x[test],
                    y_train=None if y is None else y[train],
-                   y_test=None if y is None else y[test])
+                   y_test=None if y is None else y[test], where=where)
 
 
 def _is_number(cell: str) -> bool:
@@ -576,9 +700,12 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
                         "test image); add more images")
     y = torch.tensor(labels)
     labelled = bool(classes)
+    files = {"train": [f for (f, _), t in zip(pictures, tests, strict=True) if not t],
+             "test": [f for (f, _), t in zip(pictures, tests, strict=True) if t]}
     return Dataset(name=str(root), x_train=x[~test], x_test=x[test],
                    y_train=y[~test] if labelled else None, y_test=y[test] if labelled else None,
-                   image_shape=image_shape)
+                   image_shape=image_shape,
+                   where=lambda split, i: f"{files[split][i]} ({split} split)")
 
 
 def _read_image(file: Path, image_size: tuple[int, int] | None) -> tuple[np.ndarray, int]:

@@ -68,6 +68,18 @@ class World:
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         return cls(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
 
+    def device(self, device: str) -> str:
+        """The device this process trains on: ``device`` itself in one process; under
+        torchrun with CUDA, this process's own GPU, ``cuda:LOCAL_RANK`` (the one NCCL uses),
+        and a ``ValueError`` for a device naming one GPU for every process."""
+        if self.size == 1 or not device.startswith("cuda"):
+            return device
+        if device != "cuda":
+            raise ValueError(f"device {device!r} names one GPU for all {self.size} processes; "
+                             "under torchrun each process trains on its own, cuda:LOCAL_RANK: "
+                             "pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+        return f"cuda:{self.local_rank}"
+
     def check(self, elbo: str, jit: bool) -> None:
         """Raise ``ValueError`` if a run with this estimator cannot be split over the world."""
         if self.size == 1:

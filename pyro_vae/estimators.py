@@ -191,10 +191,11 @@ def make_elbo(
         raise ValueError(
             f"alpha is an option of 'renyi' only, not of {name!r} ('iwae' is renyi with alpha=0)"
         )
-    if name == "renyi" and (alpha is None or alpha == 1):
+    if name == "renyi" and (alpha is None or alpha == 1 or not alpha >= 0):
         raise ValueError(
-            f"renyi needs an alpha other than 1 (got {alpha}); alpha=0 is 'iwae' and alpha=1 "
-            "is the standard ELBO ('trace')"
+            f"renyi needs an alpha of at least 0 other than 1 (got {alpha}); alpha=0 is 'iwae', "
+            "alpha=1 is the standard ELBO ('trace'), and below 0 the Renyi bound is an upper "
+            "bound of log p(x), not a lower bound (Li & Turner, 2016)"
         )
     if jit and name not in COMPILABLE:
         raise ValueError(

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .data import EVAL_SEED, Dataset, as_arguments
 from .estimators import make_elbo, mean_loss
 from .memory import reuse_freed_memory
-from .traces import data_dim, log_prob_per_point, plate_nesting, sample_sites, takes_labels
+from .traces import data_dim, data_plate, log_prob_per_point, plate_nesting, sample_sites, takes_labels
 
 _PARTICLES = "_importance_samples"
 _BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32
@@ -56,7 +56,7 @@ def elbo(
     labelled = takes_labels(model, guide)
     first = next(as_arguments(data.eval_batches(split, 1, labels=labelled), labelled))
     estimator = make_elbo(elbo_estimator(guide, *first), num_particles=num_particles)
-    batches = data.eval_batches(split, batch_size, EVAL_SEED, labels=labelled)
+    batches = data.eval_batches(split, batch_size, labels=labelled)
     with torch.random.fork_rng(devices=[data.x_test.device] if data.x_test.is_cuda else []):
         pyro.set_rng_seed(seed)
         return -mean_loss(estimator, model, guide, batches)
@@ -82,7 +82,7 @@ def log_likelihood(
     num_samples: int = 5000,
     seed: int = 0,
     memory_mb: float = 64,
-    plate: str = "data",
+    plate: str | None = None,
     progress: bool = False,
     y: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -92,8 +92,9 @@ def log_likelihood(
               \qquad z_k \sim q(z \mid x),
 
     a lower bound in expectation that tightens to :math:`\log p(x)` as K grows. Any
-    model/guide pair works whose sample sites all lie in the plate named ``plate``: the
-    log-probabilities of each trace are summed per data point before the log-mean-exp.
+    model/guide pair works whose sample sites all lie in the plate over the data (``plate``;
+    by default the one whose size is the batch's): the log-probabilities of each trace are
+    summed per data point before the log-mean-exp.
 
     A model of ``(x, y)`` gets the labels ``y`` (one per row of ``x``): the estimate is then
     of :math:`\log p(x \mid y)` for a conditional model. Example ``i``'s K samples come from a
@@ -113,6 +114,7 @@ def log_likelihood(
     bar = tqdm(total=n, desc=f"IS-{k} log-likelihood", unit="example", disable=not progress)
     with torch.random.fork_rng(devices=devices):
         nesting = plate_nesting(model, guide, *args(slice(0, 1)))
+        plate = plate or data_plate(model, guide, *args(slice(0, min(n, 3))))
         for start in range(0, n, n_chunk):
             xs = x[start : start + n_chunk]
             draws = [_draw_latents(guide, args(slice(start + i, start + i + 1)), k, seed,
@@ -187,10 +189,28 @@ def _arguments(x: torch.Tensor, y: torch.Tensor | None) -> tuple:
     return (x,) if y is None else (x, y)
 
 
+# ``site=None`` names the guide's one latent site, whatever it is called ("z" in the built-in
+# VAE, "latent" in Pyro's example): read from the guide's trace, not assumed.
+
+
+def latent_site(fn: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> str:
+    """The one latent (unobserved) sample site of ``fn`` (a guide, or a model); a
+    ``ValueError`` naming them where there are several or none."""
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(fn).get_trace(*(a[:1] for a in _arguments(x, y)))
+    names = [name for name, site in sample_sites(trace) if not site["is_observed"]]
+    if len(names) != 1:
+        raise ValueError(f"it has {len(names)} latent sites {names}, and this diagnostic is of "
+                         "one: pass site=NAME")
+    return names[0]
+
+
 @torch.no_grad()
-def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int = 1000,
-              y: torch.Tensor | None = None):
-    """The guide's distribution at ``site`` for every row of ``x``, batch by batch."""
+def posterior(guide: Callable, x: torch.Tensor, site: str | None = None,
+              batch_size: int = 1000, y: torch.Tensor | None = None):
+    """The guide's distribution at ``site`` (default: its one latent site) for every row of
+    ``x``, batch by batch."""
+    site = site or latent_site(guide, x, y)
     for start in range(0, x.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         trace = poutine.trace(guide).get_trace(*(a[rows] for a in _arguments(x, y)))
@@ -199,7 +219,7 @@ def posterior(guide: Callable, x: torch.Tensor, site: str = "z", batch_size: int
         yield trace.nodes[site]["fn"]
 
 
-def posterior_means(guide: Callable, x: torch.Tensor, site: str = "z",
+def posterior_means(guide: Callable, x: torch.Tensor, site: str | None = None,
                     y: torch.Tensor | None = None) -> torch.Tensor:
     """The guide's posterior mean at ``site`` for every row of ``x`` (the mean of 64 draws
     where the distribution has none in closed form, as a flow's)."""
@@ -215,7 +235,7 @@ def posterior_means(guide: Callable, x: torch.Tensor, site: str = "z",
 
 
 def active_units(
-    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str = "z",
+    guide: Callable, x: torch.Tensor, threshold: float = 0.01, site: str | None = None,
     y: torch.Tensor | None = None,
 ) -> tuple[int, torch.Tensor]:
     r"""Burda et al.'s active units: the number of dimensions u with
@@ -225,12 +245,13 @@ def active_units(
     return int((variances > threshold).sum()), variances
 
 
-def kl_per_dimension(guide: Callable, x: torch.Tensor, site: str = "z",
+def kl_per_dimension(guide: Callable, x: torch.Tensor, site: str | None = None,
                      y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Mean over ``x`` of :math:`\mathrm{KL}(q(z_u \mid x) \,\|\, \mathcal{N}(0, 1))` for each
     dimension u, in closed form for a diagonal Normal guide:
     :math:`\tfrac12(\mu_u^2 + \sigma_u^2 - 1) - \log \sigma_u`. Sums to the mean KL term."""
     total, n = 0.0, 0
+    site = site or latent_site(guide, x, y)
     for q in posterior(guide, x, site, y=y):
         base = q.base_dist if isinstance(q, dist.Independent) else q
         if not isinstance(base, dist.Normal):
@@ -315,9 +336,12 @@ def reconstruction_means(model: Callable, guide: Callable, x: torch.Tensor,
 
 @torch.no_grad()
 def decoded_means(model: Callable, z: torch.Tensor, x_like: torch.Tensor,
-                  site: str = "z", y: torch.Tensor | None = None) -> torch.Tensor:
+                  site: str | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     r"""Means of :math:`p(x \mid z)` at the given latent codes ``z`` (one per row), the model's
-    latent site ``site`` held at them; ``x_like`` and ``y`` as in :func:`prior_means`."""
+    latent site ``site`` (default: its one latent site) held at them; ``x_like`` and ``y``
+    as in :func:`prior_means`."""
+    site = site or latent_site(model, x_like, y)
+    z = z.to(x_like.device)
     args = (_rows(a, z.shape[0]) for a in _arguments(x_like, y))
     trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(*args)
     return _observed(trace, held={site}).mean
@@ -332,10 +356,14 @@ def latent_dims(model: Callable, x_like: torch.Tensor,
             if not site["is_observed"]}
 
 
-def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str = "z",
+def standard_normal_prior(model: Callable, x_like: torch.Tensor, site: str | None = None,
                           y: torch.Tensor | None = None) -> bool:
-    """Whether ``model``'s prior at ``site`` is N(0, I), the prior that
-    :func:`kl_per_dimension` measures against."""
+    """Whether ``model``'s prior at ``site`` (default: its one latent site) is N(0, I), the
+    prior that :func:`kl_per_dimension` measures against."""
+    try:
+        site = site or latent_site(model, x_like, y)
+    except ValueError:
+        return False
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(*(a[:2] for a in _arguments(x_like, y)))
     if site not in trace.nodes:

@@ -43,7 +43,7 @@ value, so that a hierarchical guide's :math:`q(z_2 \mid z_1)` keeps its path thr
 be a function of x, its latents and parameters alone (no dropout in training mode).
 
 Every guide site must be reparameterizable; every sample site must lie in the data plate
-(``plate``, "data" by default).
+(``plate``; by default the plate whose size is the batch's, :func:`~pyro_vae.traces.data_plate`).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from pyro.util import check_model_guide_match, check_site_shape
 
 from .traces import (
     data_dim,
+    data_plate,
     log_prob_per_point,
     per_point,
     plate_nesting,
@@ -92,7 +93,7 @@ class ImportanceWeightedELBO(ELBO):
 
     needs_path = False  # whether the surrogate uses the path-only log q
 
-    def __init__(self, num_particles: int = 1, plate: str = "data"):
+    def __init__(self, num_particles: int = 1, plate: str | None = None):
         if num_particles < 1:
             raise ValueError(f"num_particles must be at least 1, got {num_particles}")
         super().__init__(num_particles=num_particles, vectorize_particles=True)
@@ -136,6 +137,8 @@ class ImportanceWeightedELBO(ELBO):
         the per-point log-densities (differentiable)."""
         if self.max_plate_nesting == math.inf:  # once, as Pyro guesses it
             self.max_plate_nesting = plate_nesting(model, guide, *args, **kwargs)
+        if self.plate is None:  # once: the plate whose size is the batch's
+            self.plate = data_plate(model, guide, *args, **kwargs)
         # The particles' plate wraps model and guide inside any replay or condition: a
         # plate outside them would not broadcast a replayed site's distribution.
         guide_trace = poutine.trace(self._particles(guide)).get_trace(*args, **kwargs)
@@ -188,10 +191,14 @@ class ImportanceWeightedELBO(ELBO):
 class RenyiELBO(ImportanceWeightedELBO):
     r"""``renyi``: the variational Rényi bound of order ``alpha`` of each data point."""
 
-    def __init__(self, num_particles: int = 1, alpha: float = 0.5, plate: str = "data"):
+    def __init__(self, num_particles: int = 1, alpha: float = 0.5, plate: str | None = None):
         if alpha == 1:
             raise ValueError("alpha=1 is the standard ELBO ('trace'); the Renyi bound needs "
                              "another order")
+        if not alpha >= 0:  # Li & Turner (2016), Theorem 1: L_alpha >= log p(x) for alpha < 0
+            raise ValueError(f"renyi with alpha={alpha}: below 0 the Renyi bound is an upper "
+                             "bound of log p(x), not a lower bound, and it is reported and "
+                             "trained as a lower bound here; choose alpha >= 0 (0 is 'iwae')")
         super().__init__(num_particles, plate)
         self.alpha = alpha
 
@@ -241,7 +248,7 @@ class TailAdaptiveELBO(ImportanceWeightedELBO):
     r"""``tail-adaptive``: gradients of the tail-adaptive f-divergence, particles ranked
     within each data point; its loss is the negative ELBO of the same particles."""
 
-    def __init__(self, num_particles: int = 2, beta: float = -1.0, plate: str = "data"):
+    def __init__(self, num_particles: int = 2, beta: float = -1.0, plate: str | None = None):
         if num_particles < 2:
             raise ValueError("tail-adaptive ranks particles against each other: it needs "
                              f"num_particles >= 2 (got {num_particles})")

@@ -21,6 +21,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
 
 
 class Likelihood(nn.Module):
@@ -70,7 +71,11 @@ class _BernoulliLogMass(torch.autograd.Function):
 class _LogitBernoulli(dist.Bernoulli):
     r"""``dist.Bernoulli`` with :math:`\log p(x) = x\,l - \mathrm{softplus}(l)`: the values of
     torch's binary cross-entropy with logits (for any x in [0, 1]) in fewer passes over
-    memory, which matters when the decoder runs on thousands of samples per example."""
+    memory, which matters when the decoder runs on thousands of samples per example. Its
+    support is [0, 1], the values that mass is defined for (grey levels give a binary
+    cross-entropy, with the warning of :meth:`Bernoulli.check`)."""
+
+    support = constraints.unit_interval
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return _BernoulliLogMass.apply(self.logits, value)
@@ -90,8 +95,7 @@ class Bernoulli(Likelihood):
         self._checked = False
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
-        # validate_args=False: grey-level data is allowed (with the warning of `check`).
-        return _LogitBernoulli(logits=logits, validate_args=False).to_event(1)
+        return _LogitBernoulli(logits=logits).to_event(1)
 
     def check(self, x: torch.Tensor) -> None:
         if self._checked:  # the first batch tells; later batches cost nothing
@@ -221,7 +225,7 @@ class ContinuousBernoulli(Likelihood):
         self._checked = False
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
-        return _LogitContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
+        return _LogitContinuousBernoulli(logits=logits).to_event(1)
 
     def check(self, x: torch.Tensor) -> None:
         if not self._checked:  # the first batch tells

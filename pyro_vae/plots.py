@@ -241,11 +241,12 @@ def latent_embedding(
 
 
 def plot_run(
-    run_dir: str | Path, seed: int = 0, factory=None, device: str | None = None
+    run_dir: str | Path, seed: int = 0, factory=None, device: str | None = None,
+    edited: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """Every figure that applies to a run directory, written into ``RUN_DIR/figures/``:
     learning curves; reconstructions and samples for image data; the latent manifold for a
-    single 2-D latent site; the embedding of the test set's posterior means (coloured by
+    model with one latent site of 2 dimensions (whatever its name); the embedding of the test set's posterior means (coloured by
     label where the labels are known). Returns the files written and, for each figure that
     does not apply to this model or data, one line saying why.
 
@@ -254,7 +255,7 @@ def plot_run(
     kin), not from methods of the built-in VAE."""
     run_dir = Path(run_dir)
     figures = run_dir / FIGURES
-    config, built, data = load_run(run_dir, factory, device)
+    config, built, data = load_run(run_dir, factory, device, edited=edited)
     model, guide = built.model, built.guide
     written, skipped = [], []
     metrics = read_metrics(run_dir)
@@ -277,16 +278,16 @@ def plot_run(
         written.append(samples(prior_means(model, x, 64, y=rows(64)), data.image_shape,
                                figures / "samples.png",
                                title="decoder means of 64 draws z ~ p(z)"))
-        if latents == {"z": 2}:
+        if list(latents.values()) == [2]:
             written.append(latent_manifold(lambda z: decoded_means(model, z, x, y=y),
                                            data.image_shape, figures / "latent_manifold.png"))
         else:
-            skipped.append("latent_manifold.png: it needs one 2-D latent site 'z'; this model "
-                           f"has {_describe(latents)}")
+            skipped.append("latent_manifold.png: it needs one latent site of 2 dimensions; "
+                           f"this model has {_describe(latents)}")
     try:
         z = posterior_means(guide, x, y=y)
     except ValueError as e:
-        skipped.append(f"latent_embedding.png: no posterior mean at site 'z' ({e})")
+        skipped.append(f"latent_embedding.png: no posterior mean of one latent site ({e})")
     else:
         written.append(latent_embedding(z, data.y_test, figures / "latent_embedding.png"))
     return written, skipped

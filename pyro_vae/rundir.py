@@ -3,6 +3,9 @@
 =================== =======================================================================
 ``config.json``     the :class:`~pyro_vae.config.Config` (how it trains), plus a description
                     of the estimator (and of a learning-rate scheduler given as an object)
+``data.json``       what data it trained on (:meth:`~pyro_vae.data.Dataset.record`): how
+                    to load them again (name or path, loader options, the subset taken),
+                    rows per split, binarization, and a fingerprint of every tensor
 ``model.json``      what model it holds: a :class:`~pyro_vae.spec.ModelSpec` (the factory's
                     name and JSON arguments), or ``null`` for a model/guide pair that did not
                     say how it was built
@@ -25,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -36,11 +40,11 @@ import pyro.poutine as poutine
 import torch
 
 from .config import Config
-from .data import Dataset, as_arguments, load_dataset
+from .data import DataError, Dataset, as_arguments, differences, load_dataset, load_recorded
 from .spec import ModelSpec, rebuild
 from .traces import takes_labels
 
-CONFIG, MODEL, METRICS = "config.json", "model.json", "metrics.jsonl"
+CONFIG, MODEL, DATA, METRICS = "config.json", "model.json", "data.json", "metrics.jsonl"
 CHECKPOINT, FIGURES, LOCK = "checkpoint.pt", "figures", ".lock"
 RECORDED = ("estimator", "lr_scheduler")  # descriptions beside the config, not settings
 
@@ -110,6 +114,24 @@ def read_model(run_dir: Path) -> ModelSpec | None:
         raise RunError(f"{path} is corrupt: {e}") from e
 
 
+def write_data(run_dir: Path, data: Dataset) -> None:
+    atomic_write_text(run_dir / DATA, json.dumps(data.record(), indent=2) + "\n")
+
+
+def read_data(run_dir: Path) -> dict | None:
+    """What the run recorded of its data; None for a run written before runs recorded it."""
+    path = Path(run_dir) / DATA
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+        if not isinstance(recorded, dict) or "fingerprint" not in recorded:
+            raise ValueError("it is not a record of data")
+        return recorded
+    except ValueError as e:
+        raise RunError(f"{path} is corrupt: {e}") from e
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
@@ -174,19 +196,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def load_run(
-    run_dir: str | Path, factory: str | Callable | None = None, device: str | None = None
+    run_dir: str | Path, factory: str | Callable | None = None, device: str | None = None,
+    data: Dataset | None = None, edited: bool = False,
 ) -> tuple[Config, object, Dataset]:
     """Rebuild a run: its config, its model (the object with ``model`` and ``guide``) with
-    the checkpoint's parameters, and its dataset, all on ``device`` (default: the run's own).
+    the checkpoint's parameters, and its dataset, all on ``device`` (default: the run's own;
+    the CPU, with a line saying so, for a run trained on CUDA where there is none).
 
     The model is the one ``model.json`` records, rebuilt by its factory: the built-in VAE
     by itself, any other only from the ``factory`` the caller gives (a name such as
-    ``"my_model.py:make"``, or the callable), which must be the one recorded.
+    ``"my_model.py:make"``, or the callable), which must be the one recorded, from a source
+    file as it was (``edited=True`` rebuilds it from an edited one).
+
+    The data are the ones ``data.json`` records, loaded again by their name and checked
+    against their fingerprint, or ``data`` (a :class:`Dataset`), which must match it too:
+    a run is never evaluated on other data than it trained on.
     """
     run_dir = Path(run_dir)
     config, _ = read_config(run_dir)
     spec = read_model(run_dir)
     state = load_checkpoint(run_dir)
+    recorded = read_data(run_dir)
     if spec is None:
         raise RunError(
             f"{run_dir} does not record how its model was built: it was trained from "
@@ -194,11 +224,15 @@ def load_run(
             "pyro_vae.build_model(factory, **arguments) so that a run can rebuild it; this "
             "one can still be evaluated in Python from the same model and guide")
     try:
-        built = rebuild(spec, factory)
+        built = rebuild(spec, factory, edited)
     except ValueError as e:
         raise RunError(f"cannot rebuild the model of {run_dir}: {e}") from e
+    if device is None and config.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"{run_dir} was trained on {config.device}; CUDA is not available here, so it "
+              "opens on the CPU", file=sys.stderr)
+        device = "cpu"
     config.device = device or config.device
-    data = load_dataset(config.dataset, image_size=config.image_size).to(config.device)
+    data = _run_data(run_dir, config, recorded, data).to(config.device)
     built = built.to(config.device) if hasattr(built, "to") else built
     pyro.clear_param_store()
     labelled = takes_labels(built.model, built.guide)
@@ -208,6 +242,26 @@ def load_run(
     restore_params(buffers_of(built), state.get("buffers", {}), run_dir / CHECKPOINT,
                    what="buffers")
     return config, built, data
+
+
+def _run_data(run_dir: Path, config: Config, recorded: dict | None,
+              data: Dataset | None) -> Dataset:
+    """The data the run trained on, or a :class:`RunError` naming what differs."""
+    try:
+        if recorded is None:  # a run of an earlier pyro-vae: its config's name, unchecked
+            print(f"{run_dir} does not record its data (written before runs did): opening it "
+                  f"on {config.dataset!r}, the name its config gives, unchecked",
+                  file=sys.stderr)
+            return data if data is not None else load_dataset(config.dataset)
+        if data is None:
+            return load_recorded(recorded)
+    except DataError as e:
+        raise RunError(f"cannot open {run_dir} on its data: {e}") from e
+    changed = differences(recorded, data)
+    if changed:
+        raise RunError(f"{run_dir} trained on other data than the ones given: "
+                       f"{'; '.join(changed)}")
+    return data
 
 
 def buffers_of(owner) -> dict[str, torch.Tensor]:
@@ -224,7 +278,24 @@ def declare_params(model: Callable, guide: Callable, *args: torch.Tensor) -> dic
     with poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(guide).get_trace(*args)
         poutine.replay(model, trace=guide_trace)(*args)
-    return dict(sorted(pyro.get_param_store().named_parameters()))
+    return params_on(args[0].device)
+
+
+def params_on(device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The param store's unconstrained tensors by name, sorted (a stable optimizer order),
+    each on ``device``: a plain ``pyro.param`` made elsewhere (a model's ``torch.zeros``
+    on the CPU) is moved there; an ``nn.Parameter`` moves only with its module, so one
+    elsewhere is refused by name."""
+    store, target = pyro.get_param_store(), torch.device(device)
+    for name, p in list(store.named_parameters()):
+        if p.device.type == target.type and (target.index is None or p.device == target):
+            continue
+        if isinstance(p, torch.nn.Parameter):
+            raise RunError(f"parameter {name!r} is on {p.device}, the run's device is {device}: "
+                           "move its module there (the modules of the object whose methods "
+                           "model and guide are move by themselves)")
+        store[name] = store[name].detach().to(target)
+    return dict(sorted(store.named_parameters()))
 
 
 def restore_params(params: dict[str, torch.Tensor], saved: dict, path: Path,

@@ -6,7 +6,10 @@ to have the same names and shapes. A :class:`ModelSpec` is that statement:
 
 - ``factory``: ``"package.module:function"`` or ``"path/to/file.py:function"`` (a function
   or a class, called with the arguments), the built-in VAE being ``"pyro_vae.model:VAE"``;
-- ``arguments``: a JSON object of keyword arguments.
+- ``arguments``: a JSON object of keyword arguments;
+- ``source``: for a factory outside ``pyro_vae``, a digest of the file that defines it, so
+  that a model rebuilt from an edited file (the same parameter names and shapes, other
+  code) is refused by name unless the caller says to go on.
 
 The object a factory returns has ``model`` and ``guide`` methods (a Pyro pair). It carries
 its spec as ``obj.spec``; :class:`pyro_vae.VAE` sets its own, and :func:`build_model`
@@ -19,8 +22,10 @@ and it must be the one the spec records.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -37,6 +42,7 @@ class ModelSpec:
 
     factory: str
     arguments: dict = field(default_factory=dict)
+    source: str | None = None  # the factory file's digest (None: built in, or not recorded)
 
     def __post_init__(self):
         _split(self.factory)  # a malformed name fails here, by name
@@ -55,13 +61,16 @@ class ModelSpec:
         return f"{stem}:{name}"
 
     def to_dict(self) -> dict:
-        return {"factory": self.factory, "arguments": self.arguments}
+        d = {"factory": self.factory, "arguments": self.arguments}
+        return d if self.source is None else {**d, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        if not isinstance(d, dict) or set(d) != {"factory", "arguments"}:
-            raise ValueError(f"a model spec has the keys 'factory' and 'arguments', got {d!r}")
-        return cls(d["factory"], d["arguments"])
+        if not isinstance(d, dict) or not {"factory", "arguments"} <= set(d) <= {
+                "factory", "arguments", "source"}:
+            raise ValueError(f"a model spec has the keys 'factory', 'arguments' and "
+                             f"optionally 'source', got {d!r}")
+        return cls(d["factory"], d["arguments"], d.get("source"))
 
     def __str__(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
@@ -81,7 +90,7 @@ def build_model(factory: str | Callable, **arguments):
         name, fn = factory, resolve(factory)
     else:
         name, fn = name_of(factory), factory
-    spec = ModelSpec(name, dict(arguments))
+    spec = ModelSpec(name, dict(arguments), None if name in BUILT_IN else source_digest(fn))
     built = fn(**arguments)
     if not (callable(getattr(built, "model", None)) and callable(getattr(built, "guide", None))):
         raise ValueError(f"{name} returned {type(built).__name__}, which has no model and guide "
@@ -90,9 +99,11 @@ def build_model(factory: str | Callable, **arguments):
     return built
 
 
-def rebuild(spec: ModelSpec, factory: str | Callable | None = None):
+def rebuild(spec: ModelSpec, factory: str | Callable | None = None, edited: bool = False):
     """The model ``spec`` describes. ``factory`` (a name or a callable) must be given for
-    anything outside :data:`BUILT_IN`, and must be the factory ``spec`` names."""
+    anything outside :data:`BUILT_IN`, and must be the factory ``spec`` names, defined in a
+    file as it was when the spec was recorded: an edited file is refused unless
+    ``edited``, and then it is rebuilt with a line saying so."""
     if factory is None:
         if spec.factory not in BUILT_IN:
             raise ValueError(
@@ -104,7 +115,36 @@ def rebuild(spec: ModelSpec, factory: str | Callable | None = None):
     if given.short_name != spec.short_name:
         raise ValueError(f"the run holds a model built by {spec.factory}, not by "
                          f"{given.factory}: pass the factory it was trained with")
-    return build_model(factory, **spec.arguments)
+    built = build_model(factory, **spec.arguments)
+    now = built.spec.source
+    if spec.source is not None and now != spec.source:
+        where = source_file(resolve(factory) if isinstance(factory, str) else factory)
+        if not edited:
+            raise ValueError(
+                f"{where}, which defines the factory {spec.factory}, has changed since the run "
+                f"was trained (digest {spec.source} then, {now} now): its parameters may load "
+                "into other code. Restore the file, or pass --edited-model (in Python: "
+                "edited=True) to rebuild the model from the file as it is now")
+        print(f"warning: rebuilding {spec.factory} from an edited {where} (digest "
+              f"{spec.source} then, {now} now)", file=sys.stderr)
+    built.spec = spec  # the run's record stands: the model it holds is the one recorded
+    return built
+
+
+def source_file(fn: Callable) -> Path | None:
+    """The file that defines ``fn`` (None for a builtin)."""
+    try:
+        return Path(inspect.getsourcefile(fn) or inspect.getfile(fn))
+    except TypeError:
+        return None
+
+
+def source_digest(fn: Callable) -> str | None:
+    """A digest (BLAKE2b, 64 bits) of the file that defines ``fn``."""
+    path = source_file(fn)
+    if path is None or not path.is_file():
+        return None
+    return hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
 
 
 def resolve(name: str) -> Callable:
@@ -167,7 +207,9 @@ def _split(name: str) -> tuple[str, str]:
 def _load_file(path: Path, name: str):
     if not path.is_file():
         raise ValueError(f"no file {path} (the factory {name})")
-    key = f"pyro_vae_factory_{path.resolve()}"  # one module per file, loaded once
+    # one module per file and content, loaded once: an edited file loads anew
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
+    key = f"pyro_vae_factory_{path.resolve()}_{digest}"
     if key in sys.modules:
         return sys.modules[key]
     spec = importlib.util.spec_from_file_location(key, path)

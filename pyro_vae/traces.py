@@ -54,6 +54,29 @@ def sample_sites(trace) -> list[tuple[str, dict]]:
             if site["type"] == "sample" and not site_is_subsample(site)]
 
 
+def data_plate(model: Callable, guide: Callable, *args, **kwargs) -> str:
+    """The name of the plate over the data: the one plate of model and guide whose size is
+    the batch's (``args[0].shape[0]``), whatever it is called. A ``ValueError`` where none
+    is, or several are (then name it: ``plate=NAME``)."""
+    n = args[0].shape[0]
+    devices = [args[0].device] if args[0].is_cuda else []
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs)
+    sizes = {frame.name: frame.full_size or frame.size for trace in (model_trace, guide_trace)
+             for _, site in sample_sites(trace) for frame in site["cond_indep_stack"]
+             if frame.vectorized}  # a subsampled plate: its full size, the batch's
+    found = sorted(name for name, size in sizes.items() if size == n)
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot tell the plate over the data: {len(found)} plates {found} have the "
+            f"batch's size {n} (plates: {sizes or 'none'}); a per-data-point bound needs every "
+            "sample site inside one pyro.plate(name, x.shape[0]) (pass plate=NAME where "
+            "several plates have that size)")
+    return found[0]
+
+
 def data_dim(site: dict, name: str, plate: str) -> int:
     """The (negative) batch dimension of the plate named ``plate`` at ``site``."""
     for frame in site["cond_indep_stack"]:

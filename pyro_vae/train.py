@@ -16,10 +16,11 @@ it stops at once.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
@@ -31,24 +32,26 @@ from pyro.infer import ELBO
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 
+from .checks import ParamsSeen, check_labels, check_support
 from .config import OPTIMIZERS, RESUMABLE, Config
-from .data import Dataset, as_arguments
+from .data import Dataset, as_arguments, differences
 from .distributed import World, data_parallel_step
 from .estimators import describe
-from .plots import learning_curves, run_title
 from .rundir import (
     CHECKPOINT,
-    FIGURES,
     RunError,
     append_metrics,
     buffers_of,
     load_checkpoint,
+    params_on,
     read_config,
+    read_data,
     read_metrics,
     read_model,
     restore_params,
     save_checkpoint,
     write_config,
+    write_data,
     write_metrics,
     write_model,
     writer_lock,
@@ -63,7 +66,7 @@ def fit(
     guide: Callable,
     data: Dataset,
     config: Config,
-    run_dir: str | Path,
+    run_dir: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
     *,
@@ -80,7 +83,13 @@ def fit(
     :func:`pyro_vae.build_model`), the run directory records it, and ``load_run`` rebuilds
     that model. The param store is cleared first: every parameter comes from
     ``model``/``guide``. With ``resume``, the run in ``run_dir`` continues from its
-    checkpoint up to ``config.epochs``.
+    checkpoint up to ``config.epochs``. With ``run_dir=None`` it trains in memory: no
+    files, no lock, nothing to resume.
+
+    Before anything is written, the data are checked against the model: every row of both
+    splits against the support of its observed site, every label against its classes
+    (:mod:`pyro_vae.checks`); the run records the data it trained on (``data.json``), and a
+    resumed run refuses data that have changed.
 
     - ``elbo``: any estimator object (a Pyro ``ELBO`` or one of :mod:`pyro_vae.estimators`)
       in place of ``config.elbo``; the run records its description.
@@ -91,7 +100,15 @@ def fit(
     Launched by torchrun, every process runs ``fit`` on its share of each batch
     (:mod:`pyro_vae.distributed`); only the main process reads and writes ``run_dir``.
     """
-    run_dir = Path(run_dir)
+    run_dir = None if run_dir is None else Path(run_dir)
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to resume")
+    if config.dataset is None:  # the data say what they are; the run records them in full
+        config = replace(config, dataset=data.name)
+    elif config.dataset != data.name:
+        raise ValueError(f"config.dataset is {config.dataset!r}, but the data given to fit are "
+                         f"{data.name!r}: the run records the data it is given, so leave "
+                         "dataset unset (None) or name the data you pass")
     if elbo is not None:  # the object decides; the config says so
         config = replace(config, elbo=None, particles=elbo.num_particles,
                          vectorize=elbo.vectorize_particles, alpha=getattr(elbo, "alpha", None),
@@ -108,36 +125,45 @@ def fit(
                 "lr_scheduler": _scheduler_name(lr_scheduler) if lr_scheduler else None}
     world = World.from_env(config.device)
     world.check(config.elbo or describe(elbo), config.jit)
+    device = world.device(config.device)  # cuda:LOCAL_RANK for each process under torchrun
     labelled = takes_labels(model, guide)
-    for split in ("train", "test") if labelled else ():
-        data.labels(split)  # a DataError naming the dataset, before the run directory is touched
+    owner = _owner(model, guide)
+    if labelled:  # a DataError naming the dataset or the label, before anything is written
+        check_labels(owner, data)
+    if isinstance(owner, torch.nn.Module):  # its networks go where the data go
+        owner.to(device)
+    data = data.to(device)
+    pyro.clear_param_store()
+    check_support(model, guide, data, labelled)
     with ExitStack() as held:
-        world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
+        if run_dir is not None:
+            world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
         for callback in callbacks:
             if hasattr(callback, "close"):
                 held.callback(callback.close)
+        if device.startswith("cuda") and config.deterministic:
+            held.enter_context(_deterministic())
         return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
-                      make_scheduler, callbacks, recorded, world, labelled)
+                      make_scheduler, callbacks, recorded, world, labelled, owner, device)
 
 
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
-           callbacks, recorded, world, labelled) -> list[dict]:
-    owner = _owner(model, guide)
-    if isinstance(owner, torch.nn.Module):  # its networks go where the data go
-        owner.to(config.device)
+           callbacks, recorded, world, labelled, owner, device) -> list[dict]:
     spec = getattr(owner, "spec", None)
     buffers = buffers_of(owner)
-    state = world.on_main(_open_run, run_dir, config, recorded, spec, resume, world.size)
-    data = data.to(config.device)
+    writes = run_dir is not None and world.main  # the one process that writes, if any
+    state = world.on_main(_open_run, run_dir, config, recorded, spec, resume, world.size,
+                          data) if run_dir is not None else None
 
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     with pyro.validation_enabled(True):  # model/guide mistakes surface here, clearly named
-        params = _create_params(elbo, model, guide, data, labelled)
+        params = _create_params(elbo, model, guide, data, labelled, device)
+    declared = ParamsSeen(params)
     # Training's random stream starts at the seed, whatever declaring the parameters drew;
     # each process of a distributed run draws its own noise (seed + rank).
     pyro.set_rng_seed(config.seed + world.rank)
-    generator = torch.Generator(device=config.device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     # fused: the whole update in one kernel per parameter, about 4x faster on a CPU than
     # the default per-operation loop (benchmarks/README.md); torch >= 2.4 on CPUs
     eps = {} if config.eps is None else {"eps": config.eps}
@@ -156,23 +182,25 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         metrics = [m for m in state["metrics"] if m["epoch"] <= state["epoch"]]
         first_epoch = state["epoch"] + 1
     else:
-        if world.main:
+        if writes:
             write_config(run_dir, config, recorded)
             write_model(run_dir, spec)
+            write_data(run_dir, data)
         metrics, first_epoch = [], 1
-    if world.main:  # drop epochs logged after the checkpoint (an interrupted write)
+    if writes:  # drop epochs logged after the checkpoint (an interrupted write)
         write_metrics(run_dir, metrics)
     if world.size > 1:
         step = data_parallel_step(elbo, model, guide, params, world)
     else:
         step = partial(elbo.loss_and_grads, model, guide)
-    devices = [config.device] if config.device.startswith("cuda") else []
+    devices = [device] if device.startswith("cuda") else []
 
     show_bar = not quiet and world.main and sys.stderr.isatty()
     n_train = data.x_train.shape[0]
     steps = math.ceil(n_train / config.batch_size)
     for epoch in range(first_epoch, config.epochs + 1):
-        kept = (f"The checkpoint in {run_dir} is the last good one (epoch {epoch - 1})."
+        kept = ("Nothing was written (a run in memory)." if run_dir is None else
+                f"The checkpoint in {run_dir} is the last good one (epoch {epoch - 1})."
                 if epoch > 1 else "No checkpoint was written.")
         for callback in callbacks:
             if hasattr(callback, "before_epoch"):
@@ -189,6 +217,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         for i, args in enumerate(batches, start=1):
             x = args[0]
             loss = _finite(f"at epoch {epoch}, step {i}", kept, step, *args)
+            declared.check(f"at epoch {epoch}, step {i}")
             if config.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params.values(), config.clip_norm)
             optimizer.step()
@@ -211,17 +240,35 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
                     record.update(callback.after_epoch(epoch, dict(record)) or {})
         metrics.append(record)
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
-        if world.main:
+        if writes:
             append_metrics(run_dir, record)
             save_checkpoint(run_dir, _checkpoint(epoch, params, buffers, optimizer, scheduler,
                                                  generator, rng))
-            if not quiet:
-                print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
-                      f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
-    if metrics and world.main:
-        learning_curves({"": metrics}, run_dir / FIGURES / "learning_curves.png",
-                        title=run_title(spec, config))
+        if world.main and not quiet:
+            print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
+                  f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
     return metrics
+
+
+@contextmanager
+def _deterministic():
+    """Deterministic CUDA kernels while training (``torch.use_deterministic_algorithms``;
+    cuBLAS needs its workspace fixed for it, ``CUBLAS_WORKSPACE_CONFIG``), the caller's
+    setting restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    except RuntimeError as e:
+        if "deterministic" in str(e):
+            raise RunError(f"{str(e).strip().splitlines()[0]}: this model uses a CUDA operation without a "
+                           "deterministic implementation; train it with "
+                           "Config(deterministic=False) (--no-deterministic), and a resumed "
+                           "run is then equal to float rounding only") from e
+        raise
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _owner(model: Callable, guide: Callable):
@@ -236,7 +283,7 @@ def _scheduler_name(make: Callable) -> str:
 
 
 def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | None,
-              resume: bool, processes: int) -> dict | None:
+              resume: bool, processes: int, data: Dataset) -> dict | None:
     """Check that ``run_dir`` can take a new run, or return the state to resume it from."""
     if not resume:
         if (run_dir / CHECKPOINT).exists():
@@ -245,6 +292,10 @@ def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | N
         return None
     saved, saved_recorded = read_config(run_dir)
     _check_same_run(saved, saved_recorded, config, recorded, run_dir)
+    saved_data = read_data(run_dir)
+    changed = differences(saved_data, data) if saved_data is not None else []
+    if changed:
+        raise RunError(f"cannot resume {run_dir} on other data: {'; '.join(changed)}")
     saved_spec = read_model(run_dir)
     if saved_spec != spec:
         raise RunError(f"cannot resume {run_dir} with another model: it holds "
@@ -313,6 +364,8 @@ def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> floa
     try:
         value = compute(*args)
     except ValueError as e:
+        if "found invalid values" not in str(e):  # not a NaN: the model's own error, as it is
+            raise
         first_line = str(e).strip().split("\n")[0]
         raise RunError(f"invalid values {where} ({first_line}): training stopped. {kept}") from e
     if not math.isfinite(value):
@@ -321,13 +374,15 @@ def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> floa
 
 
 def _create_params(
-    elbo, model: Callable, guide: Callable, data: Dataset, labelled: bool = False
+    elbo, model: Callable, guide: Callable, data: Dataset, labelled: bool = False,
+    device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Evaluate ``elbo`` once on a batch, so that guide and model declare their parameters
     and the estimator makes its one-off guesses (Pyro's plate nesting, which runs model and
     guide); return the param store's unconstrained tensors by name, sorted (a stable
-    optimizer order)."""
+    optimizer order), each on ``device``: a plain ``pyro.param`` made on another device is
+    moved there (a module's parameters move with their module)."""
     args = next(as_arguments(data.eval_batches("train", 8, labels=labelled), labelled))
     with poutine.block():
         elbo.loss(model, guide, *args)
-    return dict(sorted(pyro.get_param_store().named_parameters()))
+    return params_on(device)

@@ -12,7 +12,7 @@ from scripts import ROOT, load_script
 
 from pyro_vae import VAE, Config, fit, make_elbo
 from pyro_vae.distributed import World
-from pyro_vae.rundir import CHECKPOINT, CONFIG, FIGURES, LOCK, METRICS, MODEL
+from pyro_vae.rundir import CHECKPOINT, CONFIG, DATA, LOCK, METRICS, MODEL
 
 # The stated tolerance: two processes draw the latent noise of each batch's halves from
 # seeds 7 and 8, one process all of it from seed 7, so the two runs differ by their noise
@@ -71,8 +71,8 @@ def test_two_processes_train_as_one(mnist_binary, straight, tmp_path):
     # One run directory, written by one process: one line per epoch, one checkpoint.
     assert sorted(p.name for p in straight.iterdir()) == ["records", "run"]
     run = straight / "run"
-    assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, MODEL, METRICS, CHECKPOINT,
-                                                          FIGURES, LOCK])
+    assert sorted(p.name for p in run.iterdir()) == sorted([CONFIG, MODEL, DATA, METRICS,
+                                                          CHECKPOINT, LOCK])
     assert len((run / METRICS).read_text().splitlines()) == 3
 
     # The same training in one process ends within the stated tolerance.

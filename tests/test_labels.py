@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pyro_vae import Config, DataError, Dataset, build_model, elbo, fit, log_likelihood
-from pyro_vae.rundir import CONFIG, load_run
+from pyro_vae.rundir import CONFIG, RunError, load_run
 from pyro_vae.traces import takes_labels
 
 
@@ -90,16 +90,22 @@ def test_model_and_guide_must_agree_on_labels():
     assert takes_labels(m.model, m.guide) and not takes_labels(guide_of_x, guide_of_x)
 
 
-def test_a_run_of_labels_loads_again_with_its_labels(tmp_path, monkeypatch):
+def test_a_run_of_labels_loads_again_with_its_labels(tmp_path):
     # load_run rebuilds the model from its factory and declares its parameters on a
-    # labelled batch: the rebuilt pair scores the test set as the trained one did.
-    monkeypatch.setattr("pyro_vae.rundir.load_dataset", lambda name, image_size=None: data)
+    # labelled batch: the rebuilt pair scores the test set as the trained one did. Data
+    # made in Python are not loaded by name: the caller gives them, and they must match.
     data = _labelled()
     m = build_model(LabelChecking)
     fit(m.model, m.guide, data, Config(dataset="toy", elbo="trace", epochs=1), tmp_path / "r",
         quiet=True)
     trained = log_likelihood(m.model, m.guide, data.x_test, num_samples=50, y=data.y_test)
-    _, rebuilt, _ = load_run(tmp_path / "r", factory=LabelChecking)
+    with pytest.raises(RunError, match="made in Python, not by load_dataset"):
+        load_run(tmp_path / "r", factory=LabelChecking)
+    other = _labelled()
+    other.x_test[3, 1] += 0.25
+    with pytest.raises(RunError, match="the contents of x_test"):
+        load_run(tmp_path / "r", factory=LabelChecking, data=other)
+    _, rebuilt, _ = load_run(tmp_path / "r", factory=LabelChecking, data=data)
     again = log_likelihood(rebuilt.model, rebuilt.guide, data.x_test, num_samples=50,
                            y=data.y_test)
     assert torch.allclose(trained, again)

@@ -36,7 +36,7 @@ def test_colour_png_folder_trains_with_conv_and_plots_in_colour(tmp_path, capsys
                  "--out", str(run), "--quiet"]) == 0
     spec = json.loads((run / "model.json").read_text())["arguments"]
     assert spec["network"] == "conv" and spec["image_shape"] == [3, 8, 12]
-    assert json.loads((run / "config.json").read_text())["image_size"] == [8, 12]
+    assert json.loads((run / "data.json").read_text())["source"]["image_size"] == [8, 12]
     assert main(["evaluate", str(run), "--is-samples", "20"]) == 0
     assert main(["plot", str(run)]) == 0
     printed = capsys.readouterr().out

@@ -2,6 +2,7 @@
 model spec that rebuilds exactly the model that trained, or refuses by name."""
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -122,7 +123,8 @@ def test_factory_names_and_their_checks(tmp_path, monkeypatch):
         "def make(z_dim=2):\n    return VAE(x_dim=5, z_dim=z_dim, hidden=[4])\n\n"
         "def not_a_model():\n    return 3\n")
     built = build_model("mine.py:make", z_dim=3)
-    assert built.spec == ModelSpec("mine.py:make", {"z_dim": 3}) and built.z_dim == 3
+    digest = hashlib.blake2b((tmp_path / "mine.py").read_bytes(), digest_size=8).hexdigest()
+    assert built.spec == ModelSpec("mine.py:make", {"z_dim": 3}, digest) and built.z_dim == 3
     with pytest.raises(ValueError, match="has no model and guide"):
         build_model("mine.py:not_a_model")
     with pytest.raises(ValueError, match="mine.py has no 'nope'"):
@@ -134,6 +136,28 @@ def test_factory_names_and_their_checks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not by mine.py:not_a_model"):
         rebuild(built.spec, "mine.py:not_a_model")
     assert rebuild(built.spec, "./mine.py:make").z_dim == 3  # another spelling of the same
+
+
+def test_a_model_rebuilt_from_an_edited_factory_file_is_refused_by_name(
+        tmp_path, monkeypatch, capsys):
+    # The same parameter names and shapes, other code: without the file's digest in the
+    # spec, the run's parameters would load into the edited model without a word.
+    monkeypatch.chdir(tmp_path)
+    source = ("from pyro_vae import VAE\n\n"
+              "def make(z_dim=2):\n    return VAE(x_dim=5, z_dim=z_dim, hidden=[4])\n")
+    (tmp_path / "edited.py").write_text(source)
+    spec = build_model("edited.py:make", z_dim=3).spec
+    assert spec.source is not None and ModelSpec.from_dict(spec.to_dict()) == spec
+    (tmp_path / "edited.py").write_text(source.replace("hidden=[4]", "hidden=[4], "
+                                                       "activation='tanh'"))
+    with pytest.raises(ValueError, match="edited.py, which defines the factory edited.py:make, "
+                                         "has changed since the run was trained"):
+        rebuild(spec, "edited.py:make")
+    rebuilt = rebuild(spec, "edited.py:make", edited=True)
+    assert rebuilt.spec == spec  # the run's record stands
+    assert rebuilt.spec.arguments == {"z_dim": 3} and isinstance(
+        rebuilt.encoder.net[1], torch.nn.Tanh)  # the edited code, as asked
+    assert "rebuilding edited.py:make from an edited" in capsys.readouterr().err
 
 
 def test_runs_of_the_first_format_are_refused_by_name(mnist_small, tmp_path):

@@ -7,7 +7,7 @@ import torch
 from pyro_vae import VAE, Config, RunError, elbo, fit, load_run, make_elbo
 from pyro_vae.rundir import CHECKPOINT, CONFIG, METRICS, MODEL, load_checkpoint
 
-SMALL = dict(dataset="mnist-binary", batch_size=100)
+SMALL = dict(batch_size=100)
 NETWORK = dict(z_dim=10, hidden=[100])
 
 
@@ -91,12 +91,12 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(
     calls = 0
 
     def model(x):
-        # Called once to create parameters, 3 times per epoch to train, once to test:
-        # call 7 is epoch 2, step 2.
+        # Called once to check the data, once to create parameters, 3 times per epoch to
+        # train, once to test: call 8 is epoch 2, step 2.
         nonlocal calls
         calls += 1
         vae.model(x)
-        if calls >= 7:
+        if calls >= 8:
             pyro.factor("poison", torch.tensor(float("nan")))
 
     run = tmp_path / "run"
@@ -138,7 +138,7 @@ def test_an_existing_run_is_never_overwritten(mnist_small, tmp_path):
 
 def test_load_run_restores_the_trained_parameters(mnist_small, tmp_path):
     data = mnist_small.subset(train=200, test=100)
-    vae, _ = _train(data, tmp_path / "run", epochs=1, dataset="mnist-binary")
+    vae, _ = _train(data, tmp_path / "run", epochs=1)
     config, loaded, loaded_data = load_run(tmp_path / "run")
     assert loaded.z_dim == 10 and config.epochs == 1
     x = next(data.eval_batches("test", 10))
@@ -167,7 +167,7 @@ def test_compiled_training_follows_the_uncompiled_run(mnist_small, tmp_path):
         dict(elbo="iwae-dreg", particles=3),
         dict(elbo="stl"),
         dict(elbo="meanfield", jit=True),
-        dict(network=dict(likelihood="continuous-bernoulli"), dataset="mnist"),
+        dict(network=dict(likelihood="continuous-bernoulli")),
         dict(optimizer="sgd", lr=3e-4),
     ],
     ids=lambda o: "-".join(str(v) for v in o.values()),
