@@ -48,9 +48,11 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[10, 100, 1000, 2000])
     p.add_argument("--is-samples", type=int, nargs="+", default=[1, 10, 100, 1000, 5000])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/ais"))
+    p.add_argument("--out", type=Path,
+                   help="default: results/ais/, or runs/quick/ais/ with --quick")
     p.add_argument("--quick", action="store_true", help="1,000 images, tiny budgets (tests)")
     args = p.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "ais")
     if args.quick:
         args.epochs, args.examples, args.chains = [1, 2], 4, 4
         args.steps, args.is_samples = [2, 8], [1, 10, 100]

@@ -454,7 +454,7 @@ def snr_against_k(out: Path) -> list[str]:
     return [*lines, "", "![gradient SNR against k](gradient_snr/snr_vs_k.png)", ""]
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--estimators", nargs="+", default=CONFIGURATIONS, metavar="CONFIG",
@@ -466,11 +466,13 @@ def main() -> None:
                         help="test images for the IS log-likelihood (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="1,000 images, 2 epochs, 2 seeds, small IS and SNR budgets (tests)")
-    parser.add_argument("--out", type=Path, default=Path("results/estimators"))
+    parser.add_argument("--out", type=Path, help="default: results/estimators/, or "
+                        "runs/quick/estimators/ with --quick")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "estimators")
     try:
-        configurations = expand(args.estimators)
+        args.configurations = expand(args.estimators)
     except ValueError as e:
         parser.error(str(e))
     for flag in ("epochs", "is_samples", "is_examples"):
@@ -478,6 +480,11 @@ def main() -> None:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     args.curve_samples, args.curve_examples, args.snr_draws = 100, 500, 100
 
     start = time.perf_counter()
@@ -493,7 +500,8 @@ def main() -> None:
     args.is_examples = min(args.is_examples, data.x_test.shape[0])
     args.curve_examples = min(args.curve_examples, args.is_examples)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [run(c, seed, data, args, args.out) for seed in args.seeds for c in configurations]
+    rows = [run(c, seed, data, args, args.out) for seed in args.seeds
+            for c in args.configurations]
     write_outputs(rows, args, args.out, data)
     print(f"wrote {args.out}/README.md, metrics.csv, curves.csv and the figures in "
           f"{(time.perf_counter() - start) / 60:.1f} min")

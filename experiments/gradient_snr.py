@@ -151,18 +151,26 @@ def write(rows, args, out: Path, minutes: float, data) -> None:
     (out / "README.md").write_text("\n".join(lines))
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ks", type=int, nargs="+", default=list(KS))
     p.add_argument("--draws", type=int, default=100)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--epochs", type=int, default=10, help="training of the trained checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/estimators/gradient_snr"))
+    p.add_argument("--out", type=Path, help="default: results/estimators/gradient_snr/, or "
+                   "runs/quick/estimators/gradient_snr/ with --quick")
     p.add_argument("--quick", action="store_true", help="tiny budgets (tests)")
     args = p.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "estimators",
+                                "gradient_snr")
     if min(args.ks) < 1 or args.draws < 2 or args.epochs < 1:
         p.error("--ks must be at least 1, --draws at least 2, --epochs at least 1")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     start = time.perf_counter()
     pyro.enable_validation(False)
     logging.getLogger("pyro").setLevel(logging.WARNING)

@@ -302,9 +302,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--curve-examples", type=int, default=500)
     parser.add_argument("--is-samples", type=int, default=5000)
     parser.add_argument("--is-examples", type=int, default=10000)
-    parser.add_argument("--out", type=Path, default=Path("results/iwae_paper"))
+    parser.add_argument("--out", type=Path, help="default: results/iwae_paper/, or "
+                        "runs/quick/iwae_paper/ with --quick")
     parser.add_argument("--quick", action="store_true", help="500 images, at most 2 epochs (tests)")
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "iwae_paper")
     if not 1 <= args.stages <= 8:
         parser.error(f"--stages is 1 to 8 (the paper's schedule has 8), got {args.stages}")
     args.epochs = args.epochs or iwae_epochs(args.stages)

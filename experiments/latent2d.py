@@ -118,12 +118,19 @@ def write_readme(results: list[dict], out: Path, n_train: int, total: float) -> 
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2,000 images, 2 epochs (tests)")
-    parser.add_argument("--out", type=Path, default=Path("results/latent2d"))
+    parser.add_argument("--out", type=Path, help="default: results/latent2d/, or "
+                        "runs/quick/latent2d/ with --quick")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "latent2d")
+    return args
+
+
+def main() -> None:
+    args = arguments()
 
     start = time.perf_counter()
     pyro.enable_validation(False)  # speed, as `pyro-vae train`; fit validates its first batch

@@ -149,12 +149,19 @@ def write_readme(results: list[dict], out: Path, epochs: int, n_train: int, tota
     (out / "README.md").write_text("\n".join(lines))
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="500 images, one epoch (tests)")
-    parser.add_argument("--out", type=Path, default=Path("results/likelihoods"))
+    parser.add_argument("--out", type=Path, help="default: results/likelihoods/, or "
+                        "runs/quick/likelihoods/ with --quick")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "likelihoods")
+    return args
+
+
+def main() -> None:
+    args = arguments()
 
     start = time.perf_counter()
     pyro.enable_validation(False)  # speed; the test suite runs the same code with it on

@@ -35,18 +35,25 @@ from pyro_vae.plots import image_panels
 NETWORKS = {"mlp": "MLP 784-400-50", "conv": "conv 32-64 (k4 s2) + dense 400"}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--is-samples", type=int, default=1000)
     parser.add_argument("--is-examples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("results/networks"))
+    parser.add_argument("--out", type=Path, help="default: results/networks/, or "
+                        "runs/quick/networks/ with --quick")
     parser.add_argument("--quick", action="store_true", help="1,000 images, 2 epochs (tests)")
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "networks")
     if min(args.epochs, args.is_samples, args.is_examples) < 1:
         parser.error("--epochs, --is-samples and --is-examples must be at least 1")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.enable_validation(False)  # speed, as `pyro-vae train`; fit validates its first batch

@@ -102,9 +102,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", help="the run's name (default: from its settings)")
-    parser.add_argument("--out", type=Path, default=Path("results/route_to_88"))
+    parser.add_argument("--out", type=Path, help="default: results/route_to_88/, or "
+                        "runs/quick/route_to_88/ with --quick")
     parser.add_argument("--quick", action="store_true", help="1,000 images, 3 epochs (tests)")
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "route_to_88")
     if args.quick:
         args.epochs, args.curve_every, args.curve_samples, args.curve_examples = 3, 2, 10, 50
         args.is_samples, args.is_examples = 20, 200

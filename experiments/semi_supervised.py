@@ -325,7 +325,7 @@ def error_curves(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--labels", type=int, nargs="+", default=sorted(PAPER))
     parser.add_argument("--epochs", type=int, default=30)
@@ -338,12 +338,19 @@ def main() -> None:
     parser.add_argument("--label-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("results/semi_supervised"))
+    parser.add_argument("--out", type=Path, help="default: results/semi_supervised/, or "
+                        "runs/quick/semi_supervised/ with --quick")
     parser.add_argument("--quick", action="store_true",
                         help="2,000 training and 500 test images, 2 epochs (tests)")
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "semi_supervised")
     if args.epochs < 1 or args.alpha < 0 or args.hidden < 1:
         parser.error("--epochs and --hidden must be at least 1, --alpha non-negative")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.enable_validation(False)  # speed; fit validates the first batch

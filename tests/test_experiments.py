@@ -1,11 +1,16 @@
 """Every experiment runs end to end in its --quick mode and writes what it promises."""
 
 import csv
+import sys
+from pathlib import Path
 
 import pytest
 from scripts import ROOT, load_script, run_quick
 
 EXPERIMENTS = ROOT / "experiments"
+# Every script with --quick: the studies, and the extending examples (through common.py).
+SCRIPTS = sorted([*EXPERIMENTS.glob("*.py"),
+                  *(p for p in (EXPERIMENTS / "extending").glob("*.py") if p.stem != "common")])
 
 
 def _load(name: str):
@@ -14,6 +19,43 @@ def _load(name: str):
 
 def _run_quick(name: str, tmp_path, *options: str):
     return run_quick(EXPERIMENTS / f"{name}.py", tmp_path / name, *options)
+
+
+class _Parsed(Exception):
+    """Raised in place of the study itself, once its arguments are parsed."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.namespace = args
+
+
+def _out_of(path: Path, monkeypatch, *argv: str) -> Path:
+    """The folder the script at ``path`` would write, run with ``argv``: its main runs as far
+    as its ``arguments()`` (parsing, defaults resolved) and stops there."""
+    module = load_script(path)
+    parse = module.arguments
+
+    def parsed(*a, **k):
+        raise _Parsed(parse(*a, **k))
+
+    monkeypatch.setattr(module, "arguments", parsed)
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    with pytest.raises(_Parsed) as stop:
+        module.main()
+    return stop.value.namespace.out
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.relative_to(EXPERIMENTS).as_posix())
+def test_quick_never_writes_results(path, monkeypatch, tmp_path):
+    # --quick without --out: runs/quick/<study>/ (git-ignored), never the committed results/;
+    # the full run keeps results/<study>/; an explicit --out is honoured in both modes.
+    assert len(SCRIPTS) >= 14  # the nine studies and five extending examples
+    quick, full = _out_of(path, monkeypatch, "--quick"), _out_of(path, monkeypatch)
+    assert "results" not in quick.parts and quick.parts[:2] == ("runs", "quick")
+    assert not (ROOT / quick).resolve().is_relative_to((ROOT / "results").resolve())
+    assert full.parts[0] == "results" and quick.parts[2:] == full.parts[1:]
+    for mode in ([], ["--quick"]):
+        assert _out_of(path, monkeypatch, *mode, "--out", str(tmp_path / "x")) == tmp_path / "x"
 
 
 @pytest.mark.usefixtures("mnist_binary")  # the data is fetched and verified before the run

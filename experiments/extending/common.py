@@ -36,9 +36,11 @@ def arguments(doc: str, name: str) -> argparse.Namespace:
     parser.add_argument("--is-examples", type=int, default=2000,
                         help="test images for the IS log-likelihood")
     parser.add_argument("--quick", action="store_true", help="1,000 images, 2 epochs (tests)")
-    parser.add_argument("--out", type=Path, default=Path("results/extending") / name)
+    parser.add_argument("--out", type=Path, help=f"default: results/extending/{name}/, or "
+                        f"runs/quick/extending/{name}/ with --quick")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.out = args.out or Path("runs/quick" if args.quick else "results", "extending", name)
     for flag in ("epochs", "is_samples", "is_examples"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
