@@ -76,6 +76,8 @@ class M2(nn.Module):
     ``z``, ``y``, ``x``), so a batch of unlabelled images is an ordinary VAE batch whose
     guide has one more, enumerated, site."""
 
+    num_classes = CLASSES  # fit checks every label against it
+
     def __init__(self, x_dim: int = 784, z_dim: int = 50, hidden: int = 500,
                  alpha: float = 50.0, activation: str = "softplus"):
         super().__init__()

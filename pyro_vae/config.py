@@ -88,8 +88,8 @@ class Config:
 
     def summary(self) -> str:
         """One line for figure titles."""
-        return (f"{self.dataset or 'own data'}, {self.elbo or 'own estimator'}, {self.optimizer} lr "
-                f"{self.lr:g}{', ' + self.schedule if self.schedule else ''}, "
+        return (f"{self.dataset or 'own data'}, {self.elbo or 'own estimator'}, "
+                f"{self.optimizer} lr {self.lr:g}{', ' + self.schedule if self.schedule else ''}, "
                 f"batch {self.batch_size}")
 
     @classmethod

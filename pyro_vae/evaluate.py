@@ -26,10 +26,17 @@ import torch
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
-from .data import EVAL_SEED, Dataset, as_arguments
+from .data import Dataset, as_arguments
 from .estimators import make_elbo, mean_loss
 from .memory import reuse_freed_memory
-from .traces import data_dim, data_plate, log_prob_per_point, plate_nesting, sample_sites, takes_labels
+from .traces import (
+    data_dim,
+    data_plate,
+    log_prob_per_point,
+    plate_nesting,
+    sample_sites,
+    takes_labels,
+)
 
 _PARTICLES = "_importance_samples"
 _BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32

@@ -246,9 +246,10 @@ def plot_run(
 ) -> tuple[list[Path], list[str]]:
     """Every figure that applies to a run directory, written into ``RUN_DIR/figures/``:
     learning curves; reconstructions and samples for image data; the latent manifold for a
-    model with one latent site of 2 dimensions (whatever its name); the embedding of the test set's posterior means (coloured by
-    label where the labels are known). Returns the files written and, for each figure that
-    does not apply to this model or data, one line saying why.
+    model with one latent site of 2 dimensions (whatever its name); the embedding of the
+    test set's posterior means (coloured by label where the labels are known). Returns the
+    files written and, for each figure that does not apply to this model or data, one line
+    saying why.
 
     Works for any model ``load_run`` can rebuild (``factory`` as there): the pictures come
     from the model's and guide's traces (:func:`pyro_vae.evaluate.prior_means` and its

@@ -45,7 +45,16 @@ def _second_is_y(fn: Callable) -> bool:
     except (TypeError, ValueError):  # a builtin or a C function: a model of x alone
         return False
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 and positional[1].name == "y"
+    if len(positional) < 2:
+        return False
+    second = positional[1]
+    if second.name != "y" and second.default is second.empty:
+        raise ValueError(
+            f"{getattr(fn, '__qualname__', fn)} takes a second argument {second.name!r} that "
+            "pyro-vae cannot fill: it calls model(x) and guide(x), or model(x, y) and "
+            "guide(x, y) with the labels when the second parameter is named y; rename it y, "
+            "give it a default, or bind it (functools.partial)")
+    return second.name == "y"
 
 
 def sample_sites(trace) -> list[tuple[str, dict]]:

@@ -262,7 +262,8 @@ def _deterministic():
         yield
     except RuntimeError as e:
         if "deterministic" in str(e):
-            raise RunError(f"{str(e).strip().splitlines()[0]}: this model uses a CUDA operation without a "
+            first = str(e).strip().splitlines()[0]
+            raise RunError(f"{first}: this model uses a CUDA operation without a "
                            "deterministic implementation; train it with "
                            "Config(deterministic=False) (--no-deterministic), and a resumed "
                            "run is then equal to float rounding only") from e

@@ -44,3 +44,15 @@ def test_log_likelihood_benchmark_runs(capsys):
     _run("log_likelihood_speed.py", "--examples", "2", "--is-samples", "50", "--rounds", "2")
     out = capsys.readouterr().out
     assert "(c)/(a), log_likelihood / bare decoder:" in out and "threads pinned" in out
+
+
+def test_the_gpu_check_script_parses_and_names_each_check():
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for check in ("train-compiled", "train-uncompiled", "resume-bit-exact", "evaluate-is-ais",
+                  "plot-2d-latent", "open-on-cpu", "conv-network", "torchrun-nccl-2",
+                  "test-cuda"):
+        assert check in text

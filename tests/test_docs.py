@@ -16,7 +16,8 @@ FILE = ROOT / "docs" / "examples" / "my_vae.py"
 
 def _section_five() -> str:
     text = DOC.read_text()
-    return text[text.index("## 5. Your own model in your own file"):text.index("## Checklist")]
+    end = text.index("## The rules a model of yours follows")
+    return text[text.index("## 5. Your own model in your own file"):end]
 
 
 def test_the_walk_through_shows_the_real_file():

@@ -41,6 +41,8 @@ CLASSES = 10
 class ConditionalVAE(VAE):
     """The base VAE's arguments; its encoder and decoder also read the one-hot label."""
 
+    num_classes = CLASSES  # fit checks every label against it
+
     def __init__(self, **vae):
         super().__init__(**vae)
         hidden, activation = vae.get("hidden", [400]), vae.get("activation", "relu")
