@@ -151,7 +151,8 @@ def semi_supervised(data, n: int, seed: int, repeat: int | None):
         repeat = max(1, round((len(y) - n) / n))
     extra = labelled.repeat(repeat - 1)
     return replace(data, x_train=torch.cat([data.x_train, data.x_train[extra]]),
-                   y_train=torch.cat([y, y[extra]]), y_test=torch.full_like(data.y_test, -1))
+                   y_train=torch.cat([y, y[extra]]), y_test=torch.full_like(data.y_test, -1),
+                   source=None, fixed=None)  # made here: load_dataset cannot make it again
 
 
 def balanced_labels(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -35,7 +35,15 @@ from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .networks import ACTIVATIONS, NETWORKS
-from .rundir import RunError, atomic_write_text, load_run, read_config, read_data, read_model
+from .rundir import (
+    RunError,
+    atomic_write_text,
+    load_run,
+    old_data_record,
+    read_config,
+    read_data,
+    read_model,
+)
 from .schedules import SCHEDULES
 from .spec import build_model, rebuild, resolve
 from .train import fit
@@ -97,10 +105,10 @@ def train(args: argparse.Namespace) -> int:
         if args.image_size is not None:
             raise ValueError("a resumed run keeps its data: drop --image-size")
         run_dir = Path(args.resume)
-        saved, _ = world.on_main(read_config, run_dir)  # only the main process reads the run
+        saved, described = world.on_main(read_config, run_dir)  # the main process reads it
         config = replace(saved, **given)  # fit refuses changes but --epochs and --jit
         spec = world.on_main(read_model, run_dir)
-        recorded = world.on_main(read_data, run_dir)
+        recorded = world.on_main(read_data, run_dir) or old_data_record(saved, described)
         if spec is None:
             raise RunError(f"{run_dir} does not record how its model was built: resume it "
                            "from Python with fit(..., resume=True) and the same model/guide")
@@ -127,8 +135,10 @@ def train(args: argparse.Namespace) -> int:
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
-    if args.resume and recorded is not None:  # the data it trained on, checked
-        data = load_recorded(recorded)
+    if args.resume:  # the data it trained on (checked, where the run has their fingerprint)
+        source = recorded["source"]
+        data = (load_dataset(source["name"], image_size=source["image_size"])
+                if recorded.get("unchecked") else load_recorded(recorded))
     else:
         data = load_dataset(config.dataset, image_size=args.image_size)
     if args.model and not args.resume:

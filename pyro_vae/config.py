@@ -18,8 +18,6 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 RESUMABLE = ("epochs", "jit", "deterministic")  # what a resumed run may change: same numbers
 # Model settings of the first format, when config.json held both (before model.json).
 _OLD_MODEL_KEYS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation")
-# Data settings of earlier formats, now recorded with the data themselves (data.json).
-_OLD_DATA_KEYS = ("image_size",)
 
 
 @dataclass
@@ -101,7 +99,6 @@ class Config:
                 f"it mixes model settings {old} into the training config: it was written by "
                 "pyro-vae 0.1, whose run directories do not say which model they hold, so it "
                 "cannot be rebuilt safely; train it again")
-        d = {key: value for key, value in d.items() if key not in _OLD_DATA_KEYS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known: {', '.join(sorted(known))}")

@@ -103,6 +103,12 @@ class Dataset:
     # Where row i of a split comes from, for messages ("row 101 of f.csv (line 102)").
     where: Callable[[str, int], str] | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self):
+        splits = {"train": self.x_train, "test": self.x_test}
+        if self.binarize and (self.fixed is None or any(
+                self.fixed[k].shape != x.shape for k, x in splits.items())):
+            self.fixed = fixed_binarization(self.x_train, self.x_test)  # rows of their own
+
     @property
     def x_dim(self) -> int:
         return self.x_train.shape[1]
@@ -252,8 +258,9 @@ def load_recorded(recorded: dict) -> Dataset:
         data = data.subset(**source["subset"])
     changed = differences(recorded, data)
     if changed:
-        raise DataError(f"the data {source['name']!r} have changed since the run trained on "
-                        f"them: {'; '.join(changed)}. Restore them, or train a new run")
+        raise DataError(f"the data {source['name']!r} differ from the ones the run trained on: "
+                        f"{'; '.join(changed)}. Restore them, or train a new run (data "
+                        "derived in Python from loaded ones: pass them, load_run(..., data=))")
     return data
 
 

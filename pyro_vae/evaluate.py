@@ -201,14 +201,15 @@ def _arguments(x: torch.Tensor, y: torch.Tensor | None) -> tuple:
 
 
 def latent_site(fn: Callable, x: torch.Tensor, y: torch.Tensor | None = None) -> str:
-    """The one latent (unobserved) sample site of ``fn`` (a guide, or a model); a
-    ``ValueError`` naming them where there are several or none."""
+    """The one continuous latent sample site of ``fn`` (a guide, or a model; enumerated and
+    discrete sites aside); a ``ValueError`` naming them where there are several or none."""
     with poutine.block(), torch.no_grad():
         trace = poutine.trace(fn).get_trace(*(a[:1] for a in _arguments(x, y)))
-    names = [name for name, site in sample_sites(trace) if not site["is_observed"]]
+    names = [name for name, site in sample_sites(trace) if not site["is_observed"]
+             and not site["infer"].get("enumerate") and not site["fn"].support.is_discrete]
     if len(names) != 1:
-        raise ValueError(f"it has {len(names)} latent sites {names}, and this diagnostic is of "
-                         "one: pass site=NAME")
+        raise ValueError(f"it has {len(names)} continuous latent sites {names}, and this "
+                         "diagnostic is of one (in Python: site=NAME)")
     return names[0]
 
 

@@ -91,7 +91,8 @@ def read_config(run_dir: Path) -> tuple[Config, dict]:
         raise RunError(f"{run_dir} is not a run directory: it has no {CONFIG}")
     try:
         d = json.loads(path.read_text())
-        recorded = {key: d.pop(key, None) for key in RECORDED}
+        # image_size: a data setting of the config before data.json held it (old runs)
+        recorded = {key: d.pop(key, None) for key in (*RECORDED, "image_size")}
         return Config.from_dict(d), recorded
     except (ValueError, TypeError, AttributeError) as e:
         raise RunError(f"{path} is corrupt: {e}") from e
@@ -213,10 +214,10 @@ def load_run(
     a run is never evaluated on other data than it trained on.
     """
     run_dir = Path(run_dir)
-    config, _ = read_config(run_dir)
+    config, described = read_config(run_dir)
     spec = read_model(run_dir)
     state = load_checkpoint(run_dir)
-    recorded = read_data(run_dir)
+    recorded = read_data(run_dir) or old_data_record(config, described)
     if spec is None:
         raise RunError(
             f"{run_dir} does not record how its model was built: it was trained from "
@@ -244,15 +245,24 @@ def load_run(
     return config, built, data
 
 
-def _run_data(run_dir: Path, config: Config, recorded: dict | None,
+def old_data_record(config: Config, described: dict) -> dict:
+    """For a run written before runs recorded their data: its config's dataset name (and
+    image size), as a record without fingerprints, so the data load unchecked."""
+    return {"name": config.dataset, "fingerprint": {}, "unchecked": True,
+            "source": {"name": config.dataset, "image_size": described.get("image_size")}}
+
+
+def _run_data(run_dir: Path, config: Config, recorded: dict,
               data: Dataset | None) -> Dataset:
     """The data the run trained on, or a :class:`RunError` naming what differs."""
     try:
-        if recorded is None:  # a run of an earlier pyro-vae: its config's name, unchecked
+        if recorded.get("unchecked"):  # a run of an earlier pyro-vae: its config's name
             print(f"{run_dir} does not record its data (written before runs did): opening it "
                   f"on {config.dataset!r}, the name its config gives, unchecked",
                   file=sys.stderr)
-            return data if data is not None else load_dataset(config.dataset)
+            source = recorded["source"]
+            return data if data is not None else load_dataset(
+                source["name"], image_size=source["image_size"])
         if data is None:
             return load_recorded(recorded)
     except DataError as e:

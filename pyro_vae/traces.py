@@ -64,26 +64,42 @@ def sample_sites(trace) -> list[tuple[str, dict]]:
 
 
 def data_plate(model: Callable, guide: Callable, *args, **kwargs) -> str:
-    """The name of the plate over the data: the one plate of model and guide whose size is
-    the batch's (``args[0].shape[0]``), whatever it is called. A ``ValueError`` where none
-    is, or several are (then name it: ``plate=NAME``)."""
+    """The name of the plate over the data, whatever it is called: the plate of model and
+    guide whose size follows the batch's, ``args[0].shape[0]`` (its subsample size, or its
+    full size where a subsampled plate is given the whole data). Traced on the batch and on
+    one row fewer, so a plate of the same size that does not follow the batch (8 latent
+    dimensions of a batch of 8) is not taken for it. A ``ValueError`` where no plate, or
+    several, follow the batch (then name it: ``plate=NAME``)."""
     n = args[0].shape[0]
-    devices = [args[0].device] if args[0].is_cuda else []
-    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs)
-    sizes = {frame.name: frame.full_size or frame.size for trace in (model_trace, guide_trace)
-             for _, site in sample_sites(trace) for frame in site["cond_indep_stack"]
-             if frame.vectorized}  # a subsampled plate: its full size, the batch's
-    found = sorted(name for name, size in sizes.items() if size == n)
-    if len(found) != 1:
+
+    def sizes(rows: int) -> dict[str, set]:
+        cut = [a[:rows] if torch.is_tensor(a) and a.shape[:1] == (n,) else a for a in args]
+        devices = [args[0].device] if args[0].is_cuda else []
+        with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
+            guide_trace = poutine.trace(guide).get_trace(*cut, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *cut, **kwargs)
+        found = {}
+        for trace in (model_trace, guide_trace):
+            for _, site in sample_sites(trace):
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        found.setdefault(frame.name, set()).update({frame.size, frame.full_size})
+        return found
+
+    whole = sizes(n)
+    follow = {name for name, s in whole.items() if n in s}
+    if n > 1 and len(follow) > 1:
+        fewer = sizes(n - 1)
+        follow = {name for name in follow if n - 1 in fewer.get(name, ())}
+    if len(follow) != 1:
+        shown = {name: sorted(x for x in s if x is not None) for name, s in whole.items()}
         raise ValueError(
-            f"cannot tell the plate over the data: {len(found)} plates {found} have the "
-            f"batch's size {n} (plates: {sizes or 'none'}); a per-data-point bound needs every "
-            "sample site inside one pyro.plate(name, x.shape[0]) (pass plate=NAME where "
+            f"cannot tell the plate over the data: {len(follow)} plates {sorted(follow)} have "
+            f"the batch's size {n} (plates: {shown or 'none'}); a per-data-point bound needs "
+            "every sample site inside one pyro.plate(name, x.shape[0]) (pass plate=NAME where "
             "several plates have that size)")
-    return found[0]
+    return follow.pop()
 
 
 def data_dim(site: dict, name: str, plate: str) -> int:

@@ -126,6 +126,8 @@ def fit(
     world = World.from_env(config.device)
     world.check(config.elbo or describe(elbo), config.jit)
     device = world.device(config.device)  # cuda:LOCAL_RANK for each process under torchrun
+    if device.startswith("cuda") and config.deterministic:  # before cuBLAS makes its workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     labelled = takes_labels(model, guide)
     owner = _owner(model, guide)
     if labelled:  # a DataError naming the dataset or the label, before anything is written
@@ -189,6 +191,8 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         metrics, first_epoch = [], 1
     if writes:  # drop epochs logged after the checkpoint (an interrupted write)
         write_metrics(run_dir, metrics)
+        if resume and read_data(run_dir) is None:  # a run of an earlier pyro-vae
+            write_data(run_dir, data)
     if world.size > 1:
         step = data_parallel_step(elbo, model, guide, params, world)
     else:
@@ -256,12 +260,11 @@ def _deterministic():
     cuBLAS needs its workspace fixed for it, ``CUBLAS_WORKSPACE_CONFIG``), the caller's
     setting restored after."""
     before = torch.are_deterministic_algorithms_enabled()
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     try:
         yield
     except RuntimeError as e:
-        if "deterministic" in str(e):
+        if not isinstance(e, RunError) and "does not have a deterministic" in str(e):
             first = str(e).strip().splitlines()[0]
             raise RunError(f"{first}: this model uses a CUDA operation without a "
                            "deterministic implementation; train it with "
@@ -298,9 +301,15 @@ def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | N
     if changed:
         raise RunError(f"cannot resume {run_dir} on other data: {'; '.join(changed)}")
     saved_spec = read_model(run_dir)
-    if saved_spec != spec:
+    same = (saved_spec is None) == (spec is None) and (spec is None or (
+        saved_spec.factory, saved_spec.arguments) == (spec.factory, spec.arguments))
+    if not same:
         raise RunError(f"cannot resume {run_dir} with another model: it holds "
                        f"{saved_spec or 'a model without a spec'}, given {spec or 'one without'}")
+    if spec is not None and None not in (saved_spec.source, spec.source) \
+            and saved_spec.source != spec.source:  # the caller built it: said, not refused
+        print(f"warning: resuming {run_dir} with {spec.factory} built from an edited file "
+              f"(digest {saved_spec.source} then, {spec.source} now)", file=sys.stderr)
     state = load_checkpoint(run_dir)
     trained_by = len(state["rng"]["torch"])
     if trained_by != processes:

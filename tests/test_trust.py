@@ -84,7 +84,7 @@ def test_edited_data_are_refused_by_load_run_and_by_resume(tmp_path):
                  "--quiet"]) == 0
     rows[7, 2] += 0.5
     np.savetxt(csv, rows, delimiter=",", fmt="%.6f")
-    with pytest.raises(RunError, match=r"have changed since the run trained on them: the "
+    with pytest.raises(RunError, match=r"differ from the ones the run trained on: the "
                                        r"contents of x_(train|test)"):
         load_run(run)
     assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 1
@@ -295,3 +295,28 @@ def test_a_second_argument_not_named_y_is_refused_by_name(mnist_small, tmp_path)
     with pytest.raises(ValueError, match="takes a second argument 'ys' that pyro-vae cannot "
                                          "fill.*rename it y"):
         fit(model, guide, mnist_small, Config(**SMALL), tmp_path / "run", quiet=True)
+
+
+def test_a_run_written_before_data_json_opens_with_a_line_and_a_resume_records_its_data(
+        tmp_path, capsys, mnist_small):
+    data = mnist_small.subset(train=200, test=100)
+    vae = _vae()
+    fit(vae.model, vae.guide, data, Config(**SMALL), tmp_path / "run", quiet=True)
+    (tmp_path / "run" / DATA).unlink()  # as a run of the earlier format
+    _, _, loaded = load_run(tmp_path / "run", data=data)
+    assert "does not record its data (written before runs did)" in capsys.readouterr().err
+    fit(vae.model, vae.guide, data, Config(**{**SMALL, "epochs": 2}), tmp_path / "run",
+        resume=True, quiet=True)
+    assert json.loads((tmp_path / "run" / DATA).read_text())["rows"]["train"] == 200
+
+
+def test_the_latent_site_of_the_diagnostics_leaves_enumerated_sites_aside():
+    from pyro_vae.evaluate import latent_site
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=torch.zeros(x.shape[0], 3)),
+                        infer={"enumerate": "parallel"})
+            pyro.sample("code", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    assert latent_site(guide, torch.zeros(4, 5)) == "code"
