@@ -72,7 +72,7 @@ def check_support(model: Callable, guide: Callable, data: Dataset, labelled: boo
                 shown.append(f"{data.row(split, i)}: {row.flatten()[j].item():g} at position {j}")
             raise ValueError(
                 f"data outside the support of the model's observed site {name!r} "
-                f"({type(_unwrapped(site['fn'])).__name__}, support {_describe(support)}): "
+                f"({_public_name(_unwrapped(site['fn']))}, support {_describe(support)}): "
                 + "; ".join(shown) + (" (and more)" if len(bad) > _SHOWN else "")
                 + f". Every row must lie in it: {_advice(support)}")
 
@@ -127,6 +127,11 @@ def _unwrapped(fn):
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
     return fn
+
+
+def _public_name(fn) -> str:
+    """The first public class of ``fn``'s (Bernoulli, for pyro-vae's private subclass)."""
+    return next(c.__name__ for c in type(fn).__mro__ if not c.__name__.startswith("_"))
 
 
 def _elementwise(support):
