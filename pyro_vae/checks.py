@@ -18,15 +18,15 @@ read is checked here, once, with a message that names the rule (the table in
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from torch.distributions import constraints
 
 from .data import Dataset, as_arguments
-from .traces import sample_sites
+from .traces import replayed, sample_sites
 
 _CHUNK = 10_000  # rows checked at a time: a few MB of booleans, not a copy of the split
 _SHOWN = 5  # rows named in a message
@@ -39,10 +39,8 @@ def check_support(model: Callable, guide: Callable, data: Dataset, labelled: boo
     args = next(as_arguments(data.eval_batches("train", 2, labels=labelled), labelled))
     x = args[0]
     devices = [x.device] if x.is_cuda else []
-    with poutine.block(), torch.no_grad(), pyro.validation_enabled(True), \
-            torch.random.fork_rng(devices=devices):
-        guide_trace = poutine.trace(guide).get_trace(*args)
-        trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    with torch.no_grad(), pyro.validation_enabled(True), torch.random.fork_rng(devices=devices):
+        trace, _ = replayed(model, guide, *args)
     for name, site in sample_sites(trace):
         value = site["value"]
         if not site["is_observed"] or value.shape[:1] != x.shape[:1] \
@@ -50,30 +48,26 @@ def check_support(model: Callable, guide: Callable, data: Dataset, labelled: boo
             continue  # not the data (a label, a term of the data's function)
         if _opted_out(site["fn"]):
             continue
-        support = site["fn"].support
-        bad = []
+        support, base = site["fn"].support, _elementwise(site["fn"].support)
+        shown = []
         for split in ("train", "test"):
-            rows = data.evaluation(split)
-            for start in range(0, rows.shape[0], _CHUNK):
-                chunk = rows[start : start + _CHUNK].reshape(-1, *value.shape[1:])
+            for start, chunk in zip(itertools.count(0, _CHUNK), data.eval_batches(split, _CHUNK)):
+                chunk = chunk.reshape(-1, *value.shape[1:])
                 inside = support.check(chunk).reshape(chunk.shape[0], -1).all(1)
-                bad += [(split, start + int(i)) for i in (~inside).nonzero()[:, 0].tolist()]
-                if len(bad) >= _SHOWN:
+                for i in (~inside).nonzero()[:, 0].tolist()[: _SHOWN + 1 - len(shown)]:
+                    row = chunk[i].flatten()
+                    outside = ~base.check(row) if base is not None else torch.ones_like(row).bool()
+                    j = int(outside.nonzero()[0, 0]) if outside.any() else 0
+                    shown.append(f"{data.row(split, start + i)}: {row[j].item():g} at position {j}")
+                if len(shown) > _SHOWN:
                     break
-            if len(bad) >= _SHOWN:
+            if len(shown) > _SHOWN:
                 break
-        if bad:
-            base = _elementwise(support)
-            shown = []
-            for split, i in bad[:_SHOWN]:
-                row = data.evaluation(split)[i].reshape(value.shape[1:])
-                outside = ~base.check(row) if base is not None else torch.ones_like(row, dtype=bool)
-                j = int(outside.flatten().nonzero()[0, 0]) if outside.any() else 0
-                shown.append(f"{data.row(split, i)}: {row.flatten()[j].item():g} at position {j}")
+        if shown:
             raise ValueError(
                 f"data outside the support of the model's observed site {name!r} "
                 f"({_public_name(_unwrapped(site['fn']))}, support {_describe(support)}): "
-                + "; ".join(shown) + (" (and more)" if len(bad) > _SHOWN else "")
+                + "; ".join(shown[:_SHOWN]) + (" (and more)" if len(shown) > _SHOWN else "")
                 + f". Every row must lie in it: {_advice(support)}")
 
 

@@ -141,7 +141,7 @@ class Dataset:
     def eval_batches(self, split: str, batch_size: int, labels: bool = False):
         """Batches of :meth:`evaluation` data in file order: the same data every time, for
         any batch size and on any device, so evaluations are comparable."""
-        x = self.fixed[split] if self.binarize else self.split(split)
+        x = self._evaluation(split)
         y = self.labels(split) if labels else None
         for start in range(0, x.shape[0], batch_size):
             batch = x[start : start + batch_size].float()  # a copy where x is uint8
@@ -150,7 +150,11 @@ class Dataset:
     def evaluation(self, split: str) -> torch.Tensor:
         """The evaluation data of ``split``: its one fixed binarization (seed
         :data:`EVAL_SEED`) where the data are binarized, else the split itself."""
-        return self.fixed[split].float() if self.binarize else self.split(split)
+        return self._evaluation(split).float()
+
+    def _evaluation(self, split: str) -> torch.Tensor:
+        """The evaluation data of ``split`` as stored: uint8 where they are binarized."""
+        return self.fixed[split] if self.binarize else self.split(split)
 
     def labels(self, split: str) -> torch.Tensor:
         """The labels of ``split``; a :class:`DataError` naming the dataset if it has none."""

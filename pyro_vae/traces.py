@@ -75,12 +75,10 @@ def data_plate(model: Callable, guide: Callable, *args, **kwargs) -> str:
     def sizes(rows: int) -> dict[str, set]:
         cut = [a[:rows] if torch.is_tensor(a) and a.shape[:1] == (n,) else a for a in args]
         devices = [args[0].device] if args[0].is_cuda else []
-        with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=devices):
-            guide_trace = poutine.trace(guide).get_trace(*cut, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *cut, **kwargs)
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            traces = replayed(model, guide, *cut, **kwargs)
         found = {}
-        for trace in (model_trace, guide_trace):
+        for trace in traces:
             for _, site in sample_sites(trace):
                 for frame in site["cond_indep_stack"]:
                     if frame.vectorized:
@@ -158,12 +156,19 @@ def scale_per_point(traces: dict, plate: str) -> torch.Tensor | float:
     return first
 
 
-def plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
-    """The deepest plate dimension used by model and guide (1 for a single data plate)."""
+def replayed(model: Callable, guide: Callable, *args, **kwargs):
+    """``(model_trace, guide_trace)``: the guide traced on ``args``, the model replayed on
+    its draws, hidden from any handler outside (``poutine.block``)."""
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs)
+    return model_trace, guide_trace
+
+
+def plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
+    """The deepest plate dimension used by model and guide (1 for a single data plate)."""
+    model_trace, guide_trace = replayed(model, guide, *args, **kwargs)
     return max((-frame.dim for trace in (model_trace, guide_trace)
                 for _, site in sample_sites(trace) for frame in site["cond_indep_stack"]
                 if frame.vectorized), default=0)

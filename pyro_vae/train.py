@@ -126,7 +126,8 @@ def fit(
     world = World.from_env(config.device)
     world.check(config.elbo or describe(elbo), config.jit)
     device = world.device(config.device)  # cuda:LOCAL_RANK for each process under torchrun
-    if device.startswith("cuda") and config.deterministic:  # before cuBLAS makes its workspace
+    deterministic = device.startswith("cuda") and config.deterministic
+    if deterministic:  # before cuBLAS makes its workspace
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     labelled = takes_labels(model, guide)
     owner = _owner(model, guide)
@@ -143,7 +144,7 @@ def fit(
         for callback in callbacks:
             if hasattr(callback, "close"):
                 held.callback(callback.close)
-        if device.startswith("cuda") and config.deterministic:
+        if deterministic:
             held.enter_context(_deterministic())
         return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
                       make_scheduler, callbacks, recorded, world, labelled, owner, device)
@@ -191,7 +192,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         metrics, first_epoch = [], 1
     if writes:  # drop epochs logged after the checkpoint (an interrupted write)
         write_metrics(run_dir, metrics)
-        if resume and read_data(run_dir) is None:  # a run of an earlier pyro-vae
+        if resume and state["recorded_data"] is None:  # a run of an earlier pyro-vae
             write_data(run_dir, data)
     if world.size > 1:
         step = data_parallel_step(elbo, model, guide, params, world)
@@ -318,6 +319,7 @@ def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | N
     if (config.schedule or recorded["lr_scheduler"]) and "scheduler" not in state:
         raise RunError(f"{run_dir / CHECKPOINT} holds no learning-rate schedule state")
     state["metrics"] = read_metrics(run_dir)
+    state["recorded_data"] = saved_data  # None for a run of an earlier pyro-vae
     return state
 
 
