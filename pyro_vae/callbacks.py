@@ -14,8 +14,12 @@ function of the epoch alone; a resumed run then sets it again as the uninterrupt
 
 from __future__ import annotations
 
+import io
 import numbers
+import time
 from pathlib import Path
+
+from .rundir import atomic_write
 
 
 class Callback:
@@ -35,25 +39,34 @@ class TensorBoard(Callback):
     """Every number of each epoch's record (and the other callbacks' columns, given before
     this one) as a TensorBoard scalar at step ``epoch``: ``tensorboard --logdir RUN_DIR``.
 
+    Each epoch's scalars are one events file, ``events.out.tfevents.EPOCH.pyro-vae``
+    (zero-padded, so TensorBoard reads them in order), written whole and atomically like
+    every file of a run (:func:`pyro_vae.rundir.atomic_write`): a full disk never leaves
+    half an event, and a resumed epoch replaces its file instead of logging twice.
+
     Needs the ``tensorboard`` package (``pip install "pyro-vae[tensorboard]"``).
     """
 
     def __init__(self, log_dir: str | Path):
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # torch raises this when tensorboard is not installed
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.summary.writer.record_writer import RecordWriter
+            from torch.utils.tensorboard.summary import scalar
+        except ImportError as e:
             raise ValueError("--tensorboard needs the tensorboard package: "
                              'pip install "pyro-vae[tensorboard]"') from e
-        self.log_dir, self._open, self.writer = str(log_dir), SummaryWriter, None
+        self.log_dir = Path(log_dir)
+        self._event, self._records, self._scalar = Event, RecordWriter, scalar
 
     def after_epoch(self, epoch: int, record: dict) -> None:
-        if self.writer is None:  # opened at the first epoch: a refused run writes nothing
-            self.writer = self._open(log_dir=self.log_dir)
+        buffer, now = io.BytesIO(), time.time()
+        events = self._records(buffer)  # TensorBoard's record framing (length, CRCs)
+        events.write(self._event(wall_time=now, file_version="brain.Event:2")
+                     .SerializeToString())
         for name, value in record.items():
             if name != "epoch" and isinstance(value, numbers.Real):
-                self.writer.add_scalar(name, value, global_step=epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+                events.write(self._event(wall_time=now, step=epoch,
+                                         summary=self._scalar(name, value))
+                             .SerializeToString())
+        atomic_write(self.log_dir / f"events.out.tfevents.{epoch:09d}.pyro-vae",
+                     buffer.getvalue())

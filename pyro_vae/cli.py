@@ -37,12 +37,15 @@ from .model import VAE
 from .networks import ACTIVATIONS, NETWORKS
 from .rundir import (
     RunError,
+    WriteError,
     atomic_write_text,
+    load_checkpoint,
     load_run,
     old_data_record,
     read_config,
     read_data,
     read_model,
+    require_records,
 )
 from .schedules import SCHEDULES
 from .spec import build_model, rebuild, resolve
@@ -61,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     pyro.enable_validation(False)
     try:
         return args.command(args)
+    except WriteError as e:  # a full disk, a read-only folder: what is intact, no traceback
+        e.intact = e.intact or (f"The run itself is unchanged: {e.remedy} and run the same "
+                                "command again")
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 1
     except (RunError, ValueError) as e:  # DataError and bad options are ValueErrors
         if not _raised_by_pyro_vae(e):  # inside a user's model or guide: its traceback
             traceback.print_exc()
@@ -105,6 +113,7 @@ def train(args: argparse.Namespace) -> int:
         if args.image_size is not None:
             raise ValueError("a resumed run keeps its data: drop --image-size")
         run_dir = Path(args.resume)
+        world.on_main(require_records, run_dir)  # without a checkpoint: config, model, data
         saved, described = world.on_main(read_config, run_dir)  # the main process reads it
         config = replace(saved, **given)  # fit refuses changes but --epochs and --jit
         spec = world.on_main(read_model, run_dir)
@@ -125,8 +134,9 @@ def train(args: argparse.Namespace) -> int:
         config.jit = False  # a distributed run is not compiled (same numbers, see --jit)
     config.check()  # bad options fail here, before data is fetched or anything is written
     model_args = _json_object(args.model_args)  # and so do bad model options
-    if args.resume:
-        built = rebuild(spec, args.model, args.edited_model)  # parameters: the checkpoint's
+    if args.resume:  # the factory's checks; the RNG as a new run's is when it builds
+        with torch.random.fork_rng(devices=[]):
+            rebuild(spec, args.model, args.edited_model)
     elif args.model:
         resolve(args.model)
     else:
@@ -141,7 +151,9 @@ def train(args: argparse.Namespace) -> int:
                 if recorded.get("unchecked") else load_recorded(recorded))
     else:
         data = load_dataset(config.dataset, image_size=args.image_size)
-    if args.model and not args.resume:
+    if args.resume:  # its parameters: the checkpoint's (a new run's, where it has none)
+        built = rebuild(spec, args.model, args.edited_model)
+    elif args.model:
         built = build_model(args.model, **model_args)
     elif not args.resume:
         built = _vae(args, data.x_dim, data.image_shape)
@@ -154,8 +166,15 @@ def train(args: argparse.Namespace) -> int:
     if metrics and world.main:
         from .plots import learning_curves, run_title
 
-        learning_curves({"": metrics}, run_dir / "figures" / "learning_curves.png",
-                        title=run_title(built.spec, config))
+        try:
+            learning_curves({"": metrics}, run_dir / "figures" / "learning_curves.png",
+                            title=run_title(built.spec, config))
+        except WriteError as e:
+            epoch = load_checkpoint(run_dir)["epoch"]
+            e.intact = (f"Training finished, and the checkpoint of epoch {epoch} in {run_dir} "
+                        f"is intact: {e.remedy} and draw the figure with pyro-vae plot "
+                        f"{run_dir}")
+            raise
         last = metrics[-1]
         print(f"final test loss: {last['test_loss']:.3f} nats per example after epoch "
               f"{last['epoch']} (the negative bound of estimator {config.elbo!r})")

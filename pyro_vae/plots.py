@@ -6,6 +6,7 @@ figure that applies to a run directory into its ``figures/`` folder.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .evaluate import (
     prior_means,
     reconstruction_means,
 )
-from .rundir import FIGURES, load_run, read_metrics
+from .rundir import FIGURES, atomic_write, load_run, read_metrics
 
 DPI = 100
 
@@ -101,10 +102,10 @@ def _chw(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    """The PNG drawn in memory, then written atomically (never half a figure on disk)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return atomic_write(path, buffer.getvalue())
 
 
 def kl_bars(kl: torch.Tensor, path: str | Path) -> Path:

@@ -21,11 +21,37 @@
 
 Loading a run (:func:`load_run`) never runs code because the directory names it: only the
 built-in VAE is rebuilt unasked; any other model needs its factory from the caller.
+
+The order of writes
+-------------------
+
+Every file but ``.lock`` is written by :func:`atomic_write`: the bytes go to a temporary
+``.NAME.tmp`` beside it, which is fsynced, renamed over ``NAME`` (``os.replace``), and the
+folder is fsynced, so that the rename itself survives a power loss. A reader, a crash or a
+full disk leaves the old version or the new one, never half of one; a write that fails
+removes its temporary, and the next writer removes one that a killed process left.
+
+The checkpoint is the source of truth. ``fit`` writes ``config.json``, ``model.json`` and
+``data.json`` before the first epoch; after each epoch it writes ``checkpoint.pt``, which
+holds every epoch's metrics up to its own, and only then ``metrics.jsonl``, rewritten whole
+from them. So ``metrics.jsonl`` never holds an epoch that no checkpoint holds; a crash
+between the two writes leaves it one epoch short, and a resume rewrites it from the
+checkpoint (saying what it changed). A torn last line (no newline, not JSON: a crash in
+the middle of an append by another program, or by an older pyro-vae, which appended) is
+dropped, with one line saying so; a corrupt line anywhere else is refused by its number.
+
+A file that cannot be written (a full disk, a read-only or forbidden folder, an I/O
+error) raises :class:`WriteError`, which names the file and the cause; the caller adds
+what is intact and how to go on ("the checkpoint of epoch 3 is intact: free space and
+resume with ...").
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import io
 import json
 import os
 import sys
@@ -33,7 +59,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import BinaryIO
 
 import pyro
 import pyro.poutine as poutine
@@ -53,6 +78,37 @@ class RunError(RuntimeError):
     """A run directory, checkpoint or training run that cannot go on; the message says why."""
 
 
+class WriteError(RunError):
+    """A file that could not be written: ``path``, and the operating system's ``error``
+    (``ENOSPC``, ``EROFS``, ``EACCES``, ``EIO``, ...). ``intact`` is what the caller knows
+    to be intact and how to go on; it ends the message."""
+
+    def __init__(self, path: Path, error: OSError, intact: str = ""):
+        super().__init__(path, error)
+        self.path, self.error, self.intact = Path(path), error, intact
+
+    @property
+    def cause(self) -> str:
+        code = self.error.errno
+        name = errno.errorcode.get(code, "") if code is not None else ""
+        reason = self.error.strerror or str(self.error) or type(self.error).__name__
+        return f"{reason} ({name})" if name else reason
+
+    @property
+    def remedy(self) -> str:
+        """What to do before trying again, by the cause."""
+        return {
+            errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space in your quota",
+            errno.EROFS: f"make {self.path.parent} writable (its file system is read-only)",
+            errno.EACCES: f"give this user write permission on {self.path.parent}",
+            errno.EPERM: f"give this user write permission on {self.path.parent}",
+        }.get(self.error.errno, "check the disk")
+
+    def __str__(self) -> str:
+        said = f"cannot write {self.path}: {self.cause}"
+        return f"{said}. {self.intact}" if self.intact else said
+
+
 # --------------------------------------------------------------------------- one writer
 
 
@@ -61,8 +117,14 @@ def writer_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock, or raise :class:`RunError` at once if another process holds
     it. The operating system drops the lock of a process that dies, killed or not, so a
     crashed run never blocks the next resume."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK, "a")  # noqa: SIM115 - held for the whole run
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(run_dir, e) from e
+    try:
+        handle = open(run_dir / LOCK, "a")  # noqa: SIM115 - held for the whole run
+    except OSError as e:
+        raise WriteError(run_dir / LOCK, e) from e
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -70,10 +132,22 @@ def writer_lock(run_dir: Path) -> Iterator[None]:
         raise RunError(f"another process is writing {run_dir} (it holds {run_dir / LOCK}): "
                        "wait for it to finish, or pick another output folder") from None
     try:
+        _remove_temporaries(run_dir)
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Remove the temporaries (``.NAME.tmp``) that a killed writer left: whoever holds the
+    lock is the only writer, so no write is in progress. Said, one line each."""
+    for tmp in sorted([*run_dir.glob(".*.tmp"), *run_dir.glob(f"{FIGURES}/.*.tmp")]):
+        try:
+            tmp.unlink()
+        except OSError:
+            continue  # a read-only folder: the write that follows says so
+        print(f"removed {tmp}, left by an interrupted write", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- files
@@ -134,22 +208,46 @@ def read_data(run_dir: Path) -> dict | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-epoch records of ``metrics.jsonl`` (``[]`` where there is none). A torn last
+    line (no newline, not JSON) is dropped with one line saying so; a corrupt line
+    elsewhere raises :class:`RunError` naming it."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as e:
-        raise RunError(f"{path} is corrupt: {e}") from e
+    text = path.read_text()
+    lines = text.split("\n")  # the last item is what follows the last newline ("" if whole)
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise ValueError("not a record of an epoch")
+        except ValueError as e:
+            if number == len(lines):  # the unterminated last line: an append cut short
+                print(f"{path}: dropped its torn last line {_shorten(line)!r} (a write cut "
+                      f"short); the {len(records)} whole lines before it are kept",
+                      file=sys.stderr)
+                break
+            raise RunError(f"{path} is corrupt at line {number} ({e}): only a torn last "
+                           "line is dropped. The checkpoint holds every epoch's metrics: "
+                           "delete the file and resume the run to write it again") from e
+        records.append(record)
+    return records
+
+
+def _shorten(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def metrics_text(metrics: list[dict]) -> str:
+    """``metrics.jsonl`` as it is written: one JSON object per line."""
+    return "".join(json.dumps(m) + "\n" for m in metrics)
 
 
 def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    atomic_write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
-
-
-def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    atomic_write_text(run_dir / METRICS, metrics_text(metrics))
 
 
 def load_checkpoint(run_dir: Path) -> dict:
@@ -166,6 +264,8 @@ def load_checkpoint(run_dir: Path) -> dict:
     missing = {"epoch", "params", "optimizer", "rng"} - keys
     if missing:
         raise RunError(f"{path} is not a pyro-vae checkpoint (missing {sorted(missing)})")
+    if not isinstance(state.get("metrics", ""), str):
+        raise RunError(f"{path} is not a pyro-vae checkpoint (its metrics are not text)")
     if not isinstance(state["rng"], dict) or {"torch", "data"} - set(state["rng"]):
         raise RunError(f"{path} is not a pyro-vae checkpoint (its random states are missing)")
     if torch.is_tensor(state["rng"]["torch"]):  # one state per run, before processes
@@ -174,23 +274,68 @@ def load_checkpoint(run_dir: Path) -> dict:
     return state
 
 
+def require_records(run_dir: Path) -> None:
+    """For a run directory without a checkpoint (no epoch finished): that it records what
+    it trains (config, model and data), so that a resume can start it at epoch 1; else a
+    :class:`RunError` saying that nothing is lost and to start it again."""
+    run_dir = Path(run_dir)
+    missing = [name for name in (CONFIG, MODEL, DATA) if not (run_dir / name).is_file()]
+    if missing and not (run_dir / CHECKPOINT).exists():
+        raise RunError(f"{run_dir} has no {CHECKPOINT} and no {', '.join(missing)}: no epoch "
+                       "of a run was trained in it, so nothing is lost; start the run again "
+                       "with the command that made it")
+
+
+def metrics_of(state: dict) -> list[dict] | None:
+    """The per-epoch records a checkpoint holds (None for one written before checkpoints
+    held them)."""
+    text = state.get("metrics")
+    return None if text is None else [json.loads(line) for line in text.splitlines()]
+
+
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+    # Serialized in memory first: torch's zip writer turns a failed write into a
+    # RuntimeError without its cause; our own write keeps the OSError (ENOSPC, EIO, ...).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(run_dir / CHECKPOINT, buffer.getvalue())
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through a temporary file and ``os.replace``: a reader, or a crash,
-    sees the old file or the new one, never half of one."""
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` (its folder made if missing) through a temporary file, an
+    fsync, ``os.replace`` and an fsync of the folder: a reader, a crash or a power loss sees
+    the old file or the new one, never half of one. On failure the temporary is removed
+    and a :class:`WriteError` names ``path`` and the cause."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteError(path, e) from e
+        raise
+    return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: fsync the folder itself (POSIX)."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, text.encode())
 
 
 # --------------------------------------------------------------------------- rebuilding

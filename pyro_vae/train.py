@@ -39,15 +39,19 @@ from .distributed import World, data_parallel_step
 from .estimators import describe
 from .rundir import (
     CHECKPOINT,
+    METRICS,
     RunError,
-    append_metrics,
+    WriteError,
     buffers_of,
     load_checkpoint,
+    metrics_of,
+    metrics_text,
     params_on,
     read_config,
     read_data,
     read_metrics,
     read_model,
+    require_records,
     restore_params,
     save_checkpoint,
     write_config,
@@ -138,16 +142,35 @@ def fit(
     data = data.to(device)
     pyro.clear_param_store()
     check_support(model, guide, data, labelled)
-    with ExitStack() as held:
-        if run_dir is not None:
-            world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
-        for callback in callbacks:
-            if hasattr(callback, "close"):
-                held.callback(callback.close)
-        if deterministic:
-            held.enter_context(_deterministic())
-        return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
-                      make_scheduler, callbacks, recorded, world, labelled, owner, device)
+    try:
+        with ExitStack() as held:
+            if run_dir is not None:
+                world.on_main(lambda: held.enter_context(writer_lock(run_dir)))
+            for callback in callbacks:
+                if hasattr(callback, "close"):
+                    held.callback(callback.close)
+            if deterministic:
+                held.enter_context(_deterministic())
+            return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
+                          make_scheduler, callbacks, recorded, world, labelled, owner, device)
+    except WriteError as e:  # a full disk, a read-only folder: say what is intact
+        e.intact = e.intact or _intact(run_dir, e, config.epochs)
+        raise
+
+
+def _intact(run_dir: Path | None, e: WriteError, epochs: int) -> str:
+    """What a failed write left of the run in ``run_dir``, read from the disk, and how to
+    go on to ``epochs``: the checkpoint is the source of truth."""
+    if run_dir is None:
+        return "Nothing was saved (a run in memory)"
+    try:
+        epoch = load_checkpoint(run_dir)["epoch"]
+    except RunError:
+        return (f"No epoch of the run in {run_dir} was checkpointed, so nothing is lost: "
+                f"{e.remedy} and start the run again")
+    return (f"The checkpoint of epoch {epoch} in {run_dir} is intact: {e.remedy} and resume "
+            f"the run (pyro-vae train --resume {run_dir} --epochs {epochs}, or "
+            "fit(..., resume=True))")
 
 
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
@@ -172,7 +195,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
     eps = {} if config.eps is None else {"eps": config.eps}
     optimizer = OPTIMIZERS[config.optimizer](params.values(), lr=config.lr, fused=True, **eps)
     scheduler = make_scheduler(optimizer) if make_scheduler else None
-    if resume:
+    if state is not None:  # resumed from its checkpoint
         restore_params(params, state["params"], run_dir / CHECKPOINT)
         restore_params(buffers, state.get("buffers", {}), run_dir / CHECKPOINT, "buffers")
         optimizer.load_state_dict(state["optimizer"])
@@ -190,9 +213,9 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
             write_model(run_dir, spec)
             write_data(run_dir, data)
         metrics, first_epoch = [], 1
-    if writes:  # drop epochs logged after the checkpoint (an interrupted write)
+    if writes:  # metrics.jsonl as the checkpoint has it (rundir: the order of writes)
         write_metrics(run_dir, metrics)
-        if resume and state["recorded_data"] is None:  # a run of an earlier pyro-vae
+        if state is not None and state["recorded_data"] is None:  # of an earlier pyro-vae
             write_data(run_dir, data)
     if world.size > 1:
         step = data_parallel_step(elbo, model, guide, params, world)
@@ -245,10 +268,10 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
                     record.update(callback.after_epoch(epoch, dict(record)) or {})
         metrics.append(record)
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
-        if writes:
-            append_metrics(run_dir, record)
+        if writes:  # the checkpoint first: it holds this epoch's metrics too
             save_checkpoint(run_dir, _checkpoint(epoch, params, buffers, optimizer, scheduler,
-                                                 generator, rng))
+                                                 generator, rng, metrics))
+            write_metrics(run_dir, metrics)
         if world.main and not quiet:
             print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
                   f"test {test_loss:9.3f}  nats/example  {seconds:6.1f} s", flush=True)
@@ -289,12 +312,14 @@ def _scheduler_name(make: Callable) -> str:
 
 def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | None,
               resume: bool, processes: int, data: Dataset) -> dict | None:
-    """Check that ``run_dir`` can take a new run, or return the state to resume it from."""
+    """Check that ``run_dir`` can take a new run, or return the state to resume it from:
+    None where no epoch was checkpointed (it starts at epoch 1)."""
     if not resume:
         if (run_dir / CHECKPOINT).exists():
             raise RunError(f"{run_dir} already holds a run; resume it (--resume {run_dir}) or "
                            "pick another output folder")
         return None
+    require_records(run_dir)
     saved, saved_recorded = read_config(run_dir)
     _check_same_run(saved, saved_recorded, config, recorded, run_dir)
     saved_data = read_data(run_dir)
@@ -311,6 +336,10 @@ def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | N
             and saved_spec.source != spec.source:  # the caller built it: said, not refused
         print(f"warning: resuming {run_dir} with {spec.factory} built from an edited file "
               f"(digest {saved_spec.source} then, {spec.source} now)", file=sys.stderr)
+    if not (run_dir / CHECKPOINT).exists():
+        print(f"{run_dir} has no checkpoint (no epoch had finished): the run starts at "
+              "epoch 1", file=sys.stderr)
+        return None
     state = load_checkpoint(run_dir)
     trained_by = len(state["rng"]["torch"])
     if trained_by != processes:
@@ -318,9 +347,26 @@ def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | N
                        f"many (not {processes}): each continues its own random stream")
     if (config.schedule or recorded["lr_scheduler"]) and "scheduler" not in state:
         raise RunError(f"{run_dir / CHECKPOINT} holds no learning-rate schedule state")
-    state["metrics"] = read_metrics(run_dir)
+    state["metrics"] = _resumed_metrics(run_dir, state)
     state["recorded_data"] = saved_data  # None for a run of an earlier pyro-vae
     return state
+
+
+def _resumed_metrics(run_dir: Path, state: dict) -> list[dict]:
+    """The metrics up to the checkpoint's epoch, from the checkpoint (metrics.jsonl for one
+    written before checkpoints held them); a line says what differs in metrics.jsonl,
+    which is rewritten from them."""
+    on_disk = read_metrics(run_dir)  # a torn last line dropped, a corrupt one refused
+    held = metrics_of(state)
+    kept = held if held is not None else [m for m in on_disk if m["epoch"] <= state["epoch"]]
+    if metrics_text(kept) != metrics_text(on_disk):
+        beyond = [m["epoch"] for m in on_disk if m["epoch"] > state["epoch"]]
+        restored = [m["epoch"] for m in kept if m not in on_disk]
+        print(f"{run_dir / METRICS}: rewritten as the checkpoint of epoch {state['epoch']} "
+              "has it" + (f"; dropped epochs {beyond}, which no checkpoint holds"
+                          if beyond else "")
+              + (f"; restored epochs {restored}" if restored else ""), file=sys.stderr)
+    return kept
 
 
 def _check_same_run(saved: Config, saved_recorded: dict, config: Config, recorded: dict,
@@ -354,10 +400,13 @@ def _rng_state() -> dict:
     return state
 
 
-def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: list[dict]) -> dict:
-    """``rng``: each process's random state, in rank order (one entry in one process)."""
+def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: list[dict],
+                metrics: list[dict]) -> dict:
+    """``rng``: each process's random state, in rank order (one entry in one process);
+    ``metrics``: every epoch's record up to this one, as ``metrics.jsonl`` holds them."""
     state = {
         "epoch": epoch,
+        "metrics": metrics_text(metrics),
         "params": {name: p.detach() for name, p in params.items()},
         "buffers": {name: b.detach() for name, b in buffers.items()},
         "optimizer": optimizer.state_dict(),
