@@ -142,7 +142,7 @@ def writer_lock(run_dir: Path) -> Iterator[None]:
 def _remove_temporaries(run_dir: Path) -> None:
     """Remove the temporaries (``.NAME.tmp``) that a killed writer left: whoever holds the
     lock is the only writer, so no write is in progress. Said, one line each."""
-    for tmp in sorted([*run_dir.glob(".*.tmp"), *run_dir.glob(f"{FIGURES}/.*.tmp")]):
+    for tmp in sorted(run_dir.rglob(".*.tmp")):  # figures/ and tensorboard/ too
         try:
             tmp.unlink()
         except OSError:
