@@ -10,6 +10,7 @@ from .iwae import DReG, ImportanceWeightedELBO, RenyiELBO, StickingTheLanding, T
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import VAE
 from .networks import Decoder, Encoder
+from .refinement import Refined, refine
 from .rundir import RunError, load_run
 from .schedules import SCHEDULES
 from .spec import ModelSpec, build_model
@@ -30,6 +31,7 @@ __all__ = [
     "ImportanceWeightedELBO",
     "Likelihood",
     "ModelSpec",
+    "Refined",
     "RenyiELBO",
     "RunError",
     "StickingTheLanding",
@@ -50,4 +52,5 @@ __all__ = [
     "load_run",
     "log_likelihood",
     "make_elbo",
+    "refine",
 ]

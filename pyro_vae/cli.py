@@ -35,6 +35,7 @@ from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .networks import ACTIVATIONS, NETWORKS
+from .refinement import FAMILIES
 from .rundir import (
     RunError,
     WriteError,
@@ -227,7 +228,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     run_dir = Path(args.run_dir)
-    for flag in ("is_samples", "examples", "ais_steps", "ais_chains"):
+    for flag in ("is_samples", "examples", "ais_steps", "ais_chains", "refine"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, "
                              f"got {getattr(args, flag)}")
@@ -245,7 +246,7 @@ def evaluate(args: argparse.Namespace) -> int:
     ll = log_likelihood(model, guide, x, num_samples=args.is_samples, seed=args.seed,
                         memory_mb=args.memory_mb, progress=sys.stderr.isatty(), y=y)
     ll_mean, ll_stderr = ll.mean().item(), (ll.std() / len(ll) ** 0.5).item()
-    ais = None
+    ais, annealed = None, None
     if args.ais_steps:
         from .ais import ais_log_likelihood
 
@@ -262,6 +263,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "ais_acceptance": annealed.acceptance.mean().item(),
             "ais_seconds": time.perf_counter() - started,
         }
+    refined = _refinement(model, guide, x, y, args, annealed) if args.refine else None
     skipped = []
     try:
         active, variances = active_units(guide, x, y=y)
@@ -295,6 +297,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "posterior_mean_variances": None if variances is None else variances.tolist(),
         "kl_per_dimension": None if kl is None else kl.tolist(),
         **(ais or {}),
+        **({"refinement": refined} if refined else {}),
         "skipped": skipped,
         "seconds": time.perf_counter() - start,
     }
@@ -310,6 +313,8 @@ def evaluate(args: argparse.Namespace) -> int:
               f"{ais['ais_log_likelihood_stderr']:.3f} ({args.ais_steps} steps x "
               f"{args.ais_chains} chains, acceptance {ais['ais_acceptance']:.2f}, "
               f"{ais['ais_seconds']:.1f} s)")
+    if refined:
+        _print_refinement(refined)
     if active is not None:
         print(f"  active units                {active:10d} of {len(variances)} "
               "(Cov_x E[z_u|x] > 0.01)")
@@ -322,6 +327,53 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"skipped {line}")
     print(f"wrote {run_dir / 'evaluation.json'}")
     return 0
+
+
+def _refinement(model, guide, x, y, args, annealed) -> dict:
+    """``evaluate --refine``: the refined bound beside the amortized one on the same
+    examples, and with AIS the approximation and amortization gaps, each a paired mean over
+    examples with its standard error."""
+    from .refinement import refine
+
+    started = time.perf_counter()
+    settings = dict(lr=1e-2, particles=10, eval_particles=100)
+    r = refine(model, guide, x, steps=args.refine, family=args.refine_family, y=y,
+               seed=args.seed, progress=sys.stderr.isatty(), **settings)
+
+    def paired(values: torch.Tensor) -> tuple[float, float]:
+        return values.mean().item(), (values.std() / len(values) ** 0.5).item()
+
+    refined = {
+        "family": args.refine_family,
+        "estimator": f"pyro_vae.refine: {args.refine} steps of Adam (lr {settings['lr']}, "
+                     f"{settings['particles']} particles) per example from the guide's output; "
+                     f"bounds from {settings['eval_particles']} fresh draws per example, "
+                     f"seed {args.seed}",
+        "steps": r.steps,
+        "amortized_elbo": paired(r.amortized_elbo)[0],
+        "amortized_elbo_stderr": paired(r.amortized_elbo)[1],
+        "refined_elbo": paired(r.elbo)[0],
+        "refined_elbo_stderr": paired(r.elbo)[1],
+        "amortization_gap": paired(r.elbo - r.amortized_elbo)[0],
+        "amortization_gap_stderr": paired(r.elbo - r.amortized_elbo)[1],
+        "seconds": time.perf_counter() - started,
+    }
+    if annealed is not None:
+        gap = paired(annealed.log_likelihood - r.elbo)
+        refined.update(approximation_gap=gap[0], approximation_gap_stderr=gap[1])
+    return refined
+
+
+def _print_refinement(r: dict) -> None:
+    print(f"  amortized ELBO, sampled     {r['amortized_elbo']:10.3f} +- "
+          f"{r['amortized_elbo_stderr']:.3f} (the bound refinement starts from)")
+    print(f"  refined ELBO ({r['family']:8s})    {r['refined_elbo']:10.3f} +- "
+          f"{r['refined_elbo_stderr']:.3f} ({r['steps']} steps, {r['seconds']:.1f} s)")
+    print(f"  amortization gap            {r['amortization_gap']:10.3f} +- "
+          f"{r['amortization_gap_stderr']:.3f} (refined - amortized, paired)")
+    if "approximation_gap" in r:
+        print(f"  approximation gap           {r['approximation_gap']:10.3f} +- "
+              f"{r['approximation_gap_stderr']:.3f} (AIS - refined, paired)")
 
 
 def sample(args: argparse.Namespace) -> int:
@@ -350,11 +402,23 @@ def reconstruct(args: argparse.Namespace) -> int:
     _require_images(data, "reconstruct")
     x = next(data.eval_batches(args.split, args.n))
     y = _labels_for(built, data, args.split, args.n)
-    path = reconstructions(x, reconstruction_means(built.model, built.guide, x, y=y),
-                           data.image_shape,
-                           args.out or Path(args.run_dir) / "figures" / "reconstructions.png",
-                           title=f"{args.split} data and reconstructions "
-                           "(decoder mean at E_q[z])")
+    if args.refine is not None and args.refine < 1:
+        raise ValueError(f"--refine must be at least 1, got {args.refine}")
+    if args.refine:
+        from .evaluate import decoded_means
+        from .refinement import refine
+
+        q = refine(built.model, built.guide, x, steps=args.refine, y=y).q
+        means = decoded_means(built.model, q.mean, x, y=y)
+        title = (f"{args.split} data and reconstructions (decoder mean at the mean of q "
+                 f"refined {args.refine} steps per example)")
+        default = "reconstructions_refined.png"
+    else:
+        means = reconstruction_means(built.model, built.guide, x, y=y)
+        title = f"{args.split} data and reconstructions (decoder mean at E_q[z])"
+        default = "reconstructions.png"
+    path = reconstructions(x, means, data.image_shape,
+                           args.out or Path(args.run_dir) / "figures" / default, title=title)
     print(f"wrote {path}")
     return 0
 
@@ -474,6 +538,11 @@ def _parser() -> argparse.ArgumentParser:
                    "many steps (pyro_vae.ais; try --examples 100 first: it costs "
                    "steps x chains x 6 decoder passes per example)")
     e.add_argument("--ais-chains", type=int, default=16, help="AIS chains per example (16)")
+    e.add_argument("--refine", type=int, metavar="STEPS", help="also the bound of q refined "
+                   "per example for STEPS steps (pyro_vae.refine), the amortization gap, and "
+                   "with --ais-steps the approximation gap")
+    e.add_argument("--refine-family", choices=FAMILIES, default="gaussian",
+                   help="the family refined: a diagonal Gaussian, or it with planar flows")
 
     s = commands.add_parser("sample", help="PNG grid of decoder means of prior samples")
     s.set_defaults(command=sample)
@@ -487,7 +556,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--n", type=int, default=12)
     r.add_argument("--split", choices=("test", "train"), default="test")
-    r.add_argument("--out", help="PNG path (default: RUN_DIR/figures/reconstructions.png)")
+    r.add_argument("--refine", type=int, metavar="STEPS", help="reconstruct from q refined "
+                   "per example for STEPS steps (pyro_vae.refine, the diagonal Gaussian)")
+    r.add_argument("--out", help="PNG path (default: RUN_DIR/figures/reconstructions.png, "
+                   "or reconstructions_refined.png with --refine)")
 
     p = commands.add_parser("plot", help="every figure of a run, into RUN_DIR/figures/")
     p.set_defaults(command=plot)

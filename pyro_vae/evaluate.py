@@ -131,7 +131,7 @@ def log_likelihood(
                        for name in draws[0][0]}
             log_q = torch.cat([q for _, q in draws], dim=1)
             log_w = torch.cat([
-                _log_joint(model, args(slice(start, start + xs.shape[0])),
+                log_joint(model, args(slice(start, start + xs.shape[0])),
                            {s: v[j : j + k_chunk] for s, v in latents.items()},
                            nesting, plate) - log_q[j : j + k_chunk]
                 for j in range(0, k, k_chunk)
@@ -164,6 +164,12 @@ def _draw_latents(guide, args, k, seed, index, nesting, plate) -> tuple[dict, to
         torch.cuda.default_generators[args[0].device.index].manual_seed(stream)
     else:
         torch.default_generator.manual_seed(stream)
+    return draw_latents(guide, args, k, nesting, plate)
+
+
+def draw_latents(guide, args, k, nesting, plate) -> tuple[dict, torch.Tensor]:
+    """k draws of the guide's latents for the rows of ``args``, from the current random
+    state, and their log q(z | x): ``({site: (value, the value's data dimension)}, (k, n))``."""
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
         trace = poutine.trace(guide).get_trace(*args)
     latents = {name: (site["value"], data_dim(site, name, plate) - site["fn"].event_dim)
@@ -171,7 +177,7 @@ def _draw_latents(guide, args, k, seed, index, nesting, plate) -> tuple[dict, to
     return latents, log_prob_per_point(trace, plate)
 
 
-def _log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
+def log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
     """log p(x, z) for given latents, summed per data point: ``(k, n)``."""
     k = next(iter(latents.values())).shape[0]
     with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
