@@ -511,6 +511,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-vectorize", dest="vectorize", action="store_const", const=False,
                    help="draw particles one by one instead of in one batch")
     t.add_argument("--alpha", type=float, help="order of the renyi bound")
+    t.add_argument("--refine-steps", dest="refine_steps", type=int,
+                   help="K refinement steps of semi-amortized (5)")
     t.add_argument("--jit", action=argparse.BooleanOptionalAction,
                    help="compile the loss with Pyro's JIT (default: on for "
                    f"{', '.join(COMPILABLE)}; the built-in VAE is static, so it traces exactly)")

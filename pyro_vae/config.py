@@ -33,6 +33,7 @@ class Config:
     particles: int = 1
     vectorize: bool = True  # vectorize particles (a no-op for one particle)
     alpha: float | None = None  # the order of 'renyi'
+    refine_steps: int | None = None  # K of 'semi-amortized' (None: its default, 5)
     # Compile the loss with Pyro's JIT: for static models only, see estimators.Compiled.
     # Off by default for any model/guide pair; `pyro-vae train` turns it on for its VAE.
     jit: bool = False
@@ -82,7 +83,8 @@ class Config:
         if self.elbo is None:
             raise ValueError("this run's estimator was given to fit as an object (elbo=...), "
                              "not by name: pass the same estimator again")
-        return make_elbo(self.elbo, self.particles, self.vectorize, self.jit, self.alpha)
+        return make_elbo(self.elbo, self.particles, self.vectorize, self.jit, self.alpha,
+                         self.refine_steps)
 
     def summary(self) -> str:
         """One line for figure titles."""

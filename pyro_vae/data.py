@@ -6,8 +6,8 @@ where it has them, and its images' shape. Batches are slices of a random permuta
 there is no per-item pipeline on the hot path. Besides MNIST and Fashion-MNIST it reads a
 user's ``.npz`` and ``.csv`` files and folders of PNG/JPEG images (:func:`load_dataset`).
 
-``mnist-binary`` uses *dynamic binarization*: every batch is a fresh draw
-``x ~ Bernoulli(grey levels)``, the convention of Burda et al. (2016), "Importance
+``mnist-binary`` and ``fashion-mnist-binary`` use *dynamic binarization*: every batch is a
+fresh draw ``x ~ Bernoulli(grey levels)``, the convention of Burda et al. (2016), "Importance
 Weighted Autoencoders", and of most published negative log-likelihoods on MNIST.
 
 The raw IDX files come from the first source that yields all four with the right MD5:
@@ -67,7 +67,8 @@ MD5 = {
 }
 
 # Dataset name -> the raw files it is made from.
-DATASETS = {"mnist": "mnist", "mnist-binary": "mnist", "fashion-mnist": "fashion-mnist"}
+DATASETS = {"mnist": "mnist", "mnist-binary": "mnist", "fashion-mnist": "fashion-mnist",
+            "fashion-mnist-binary": "fashion-mnist"}
 EVAL_SEED = 0  # seed of the one fixed binarization that evaluations use
 NPZ_TEST_FRACTION = 0.1  # held out of a user's .npz file when it has no `x_test`
 
@@ -276,7 +277,8 @@ def as_arguments(batches: Iterator, labels: bool) -> Iterator[tuple[torch.Tensor
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = True,
                  image_size: tuple[int, int] | None = None) -> Dataset:
-    """Load ``mnist``, ``mnist-binary``, ``fashion-mnist``, or a path to your own data:
+    """Load ``mnist``, ``mnist-binary``, ``fashion-mnist``, ``fashion-mnist-binary``, or a path
+    to your own data:
 
     - a ``.npz`` file: ``x`` (N, D) vectors or (N, H, W) grey images, and optionally ``y``
       (N,) integer labels, ``x_test`` and ``y_test``. Images are uint8 (0..255) or floats in
@@ -311,7 +313,7 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
 
     x_train = images_to_float(images["train-images-idx3-ubyte"])
     x_test = images_to_float(images["t10k-images-idx3-ubyte"])
-    binarize = name == "mnist-binary"
+    binarize = name.endswith("-binary")
     return Dataset(
         name=name,
         x_train=x_train,

@@ -27,6 +27,8 @@ Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` a
                    Duvenaud, 2017), for k = 1 and for k particles.
 ``tail-adaptive``  gradients of the tail-adaptive f-divergence, particles ranked within each
                    data point (Wang, Liu & Liu, 2018); reports the ELBO of its particles.
+``semi-amortized`` the ELBO at q refined ``refine_steps`` steps per example, the encoder's
+                   gradient through the steps (Kim et al., 2018; :mod:`pyro_vae.semi_amortized`).
 =================  ==========================================================================
 """
 
@@ -50,6 +52,7 @@ from pyro.infer import (
 from pyro.infer.util import torch_item
 
 from . import iwae
+from .semi_amortized import SemiAmortizedELBO
 
 
 class Compiled(ELBO):
@@ -150,6 +153,8 @@ def describe(elbo: ELBO) -> str:
                "vectorize_particles": elbo.vectorize_particles}
     if getattr(elbo, "alpha", None) is not None:
         options["alpha"] = elbo.alpha
+    if isinstance(elbo, SemiAmortizedELBO):
+        options["refine_steps"] = elbo.steps
     name = f"Compiled({elbo.compiles})" if isinstance(elbo, Compiled) else type(elbo).__name__
     return f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
 
@@ -164,6 +169,7 @@ ESTIMATORS: dict[str, str] = {
     "iwae-dreg": "importance-weighted bound, doubly reparameterized guide gradients",
     "stl": "sticking the landing: the guide's score term dropped (k = particles)",
     "tail-adaptive": "tail-adaptive f-divergence, particles ranked per data point",
+    "semi-amortized": "ELBO at q refined refine_steps natural-gradient steps, through them",
 }
 _JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
 _PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO,
@@ -180,9 +186,11 @@ def make_elbo(
     vectorize_particles: bool = True,
     jit: bool = False,
     alpha: float | None = None,
+    refine_steps: int | None = None,
 ) -> ELBO:
     """The estimator registered as ``name``, configured; impossible combinations raise
-    ``ValueError`` saying why. Vectorizing a single particle is a no-op."""
+    ``ValueError`` saying why. Vectorizing a single particle is a no-op. ``refine_steps``
+    is K of ``semi-amortized`` (default 5)."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose from: {', '.join(ESTIMATORS)}")
     if num_particles < 1:
@@ -197,6 +205,8 @@ def make_elbo(
             "alpha=1 is the standard ELBO ('trace'), and below 0 the Renyi bound is an upper "
             "bound of log p(x), not a lower bound (Li & Turner, 2016)"
         )
+    if refine_steps is not None and name != "semi-amortized":
+        raise ValueError(f"refine_steps is an option of 'semi-amortized' only, not of {name!r}")
     if jit and name not in COMPILABLE:
         raise ValueError(
             f"jit is available for {', '.join(COMPILABLE)} only; Pyro has no compiled {name!r}"
@@ -210,6 +220,8 @@ def make_elbo(
     )
     if name == "renyi":
         return iwae.RenyiELBO(num_particles, alpha=alpha)
+    if name == "semi-amortized":
+        return SemiAmortizedELBO(5 if refine_steps is None else refine_steps, num_particles)
     if name in _WEIGHTED:
         return _WEIGHTED[name](num_particles)
     if jit:

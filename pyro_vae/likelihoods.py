@@ -61,7 +61,11 @@ class _BernoulliLogMass(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         logits, value = ctx.saved_tensors
         grad_logits = grad_value = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and torch.is_grad_enabled():
+            # this backward is itself differentiated (create_graph: semi-amortized training's
+            # steps): out of place, so that autograd records it
+            grad_logits = (value - torch.sigmoid(logits)) * grad
+        elif ctx.needs_input_grad[0]:
             grad_logits = torch.sigmoid(logits).neg_().add_(value).mul_(grad)
         if ctx.needs_input_grad[1]:
             grad_value = (grad * logits).sum_to_size(value.shape)

@@ -116,7 +116,7 @@ def fit(
     if elbo is not None:  # the object decides; the config says so
         config = replace(config, elbo=None, particles=elbo.num_particles,
                          vectorize=elbo.vectorize_particles, alpha=getattr(elbo, "alpha", None),
-                         jit=False)
+                         refine_steps=None, jit=False)
     elif config.elbo is None:
         raise ValueError("config.elbo is None: pass the estimator object as fit(..., elbo=...)")
     if lr_scheduler is not None and config.schedule is not None:

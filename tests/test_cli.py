@@ -56,7 +56,8 @@ def test_train_evaluate_sample_reconstruct_resume(small_npz, tmp_path, capsys):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
-@pytest.mark.parametrize("elbo, particles", [("iwae", "3"), ("iwae-dreg", "5"), ("stl", "1")])
+@pytest.mark.parametrize("elbo, particles", [("iwae", "3"), ("iwae-dreg", "5"), ("stl", "1"),
+                                             ("semi-amortized", "2")])
 def test_an_uncompilable_run_resumes_exactly(small_npz, tmp_path, elbo, particles):
     # The JIT's default applies to new runs only: switched on when resuming an iwae run,
     # it would refuse the run ("jit is available for trace, meanfield, graph only").

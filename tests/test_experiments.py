@@ -243,3 +243,29 @@ def test_networks_study_quick(tmp_path):
     assert int(rows[1]["parameters"]) != int(rows[0]["parameters"])  # two different networks
     readme = (out / "README.md").read_text()
     assert "paired difference" in readme and "](samples.png)" in readme
+
+
+def test_inference_gap_study_quick(tmp_path):
+    out = _run_quick("inference_gap", tmp_path, "--datasets", "mnist-binary")
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    study = _load("inference_gap")
+    last = [r for r in rows if r["epochs"] == "2"]
+    assert {(r["case"], r["seed"]) for r in last} == {(c, s) for c in study.CASES
+                                                      for s in ("0", "1")}
+    assert {r["epochs"] for r in rows if r["case"] == "ffg"} == {"1", "2"}  # gaps vs epochs
+    for r in rows:
+        family = "ffg" if study.FAMILY[r["case"]] == "gaussian" else "flow"
+        value = lambda key, r=r: float(r[key])  # noqa: E731
+        assert value("inference") == pytest.approx(
+            value(f"approximation_{family}") + value(f"amortization_{family}"), abs=1e-3)
+        assert value("elbo_ffg") > value("elbo_amortized") - 0.5  # never refined downward
+        assert (r["bdmc_gap"] != "") == (r["seed"] == "0" and r["epochs"] == "2")
+    semi = [r for r in last if r["case"] == "semi"]
+    plain = {r["seed"]: float(r["train_seconds"]) for r in last if r["case"] == "ffg"}
+    assert all(float(r["train_seconds"]) >= plain[r["seed"]] for r in semi)  # equal minutes
+    readme = (out / "README.md").read_text()
+    assert "| data | guide | log p(x) (AIS) |" in readme and "## Semi-amortized training" in readme
+    assert "Which gap dominates" in readme
+    for png in ("gaps.png", "gaps_vs_epochs.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
