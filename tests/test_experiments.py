@@ -251,8 +251,7 @@ def test_inference_gap_study_quick(tmp_path):
         rows = list(csv.DictReader(f))
     study = _load("inference_gap")
     last = [r for r in rows if r["epochs"] == "2"]
-    assert {(r["case"], r["seed"]) for r in last} == {(c, s) for c in study.CASES
-                                                      for s in ("0", "1")}
+    assert sorted(r["case"] for r in last) == sorted(study.CASES)  # one seed in --quick
     assert {r["epochs"] for r in rows if r["case"] == "ffg"} == {"1", "2"}  # gaps vs epochs
     for r in rows:
         family = "ffg" if study.FAMILY[r["case"]] == "gaussian" else "flow"
