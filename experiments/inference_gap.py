@@ -28,9 +28,9 @@ estimator is the same; Adam lr 1e-3, batch 100). On the first ``--examples`` tes
 
 and the gaps: approximation = log p(x) - L[q*], amortization = L[q*] - L[q], with q* in the
 guide's own family (FFG for ffg and wide, flow for flow). Each is a mean over the images; the
-table gives the mean over seeds +- its standard error. The ffg models are also measured after
-each of the earlier ``--epochs`` (the run trained in chunks, resumed), for the gaps against
-epochs.
+table gives the mean over seeds +- its standard error. The ffg models of ``--curve`` are also
+measured after each of the earlier ``--epochs`` (the run trained in chunks, resumed), for the
+gaps against epochs.
 
 Runs go to OUT/runs/<dataset>/<case>/seed<k> and resume where they stopped; each model's
 measurements are kept beside it (gaps-epoch<E>.json), so a stopped study runs on from there.
@@ -75,8 +75,8 @@ NETWORK = dict(z_dim=50, hidden=[200, 200], activation="tanh", likelihood="berno
 WIDE = [500, 500]
 TRAINING = dict(elbo="trace", lr=1e-3, batch_size=100)
 SEMI_STEPS = 5  # K of the semi-amortized case
-CASES = {"ffg": "FFG guide", "flow": "FFG + 2 IAF guide", "wide": "FFG guide, 500-wide encoder",
-         "semi": f"FFG guide, semi-amortized (K = {SEMI_STEPS}), FFG's minutes"}
+CASES = {"ffg": "FFG guide", "semi": f"FFG guide, semi-amortized (K = {SEMI_STEPS}), FFG's minutes",
+         "flow": "FFG + 2 IAF guide", "wide": "FFG guide, 500-wide encoder"}
 FAMILY = {"ffg": "gaussian", "flow": "flow", "wide": "gaussian", "semi": "gaussian"}
 DATASETS = {"mnist-binary": "binarized MNIST", "fashion-mnist-binary": "binarized Fashion-MNIST"}
 REFINE = dict(lr=1e-2, particles=10)
@@ -93,7 +93,10 @@ def wide_encoder_vae(encoder_hidden, **vae) -> VAE:
 def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, nargs="+", default=[4, 20],
-                   help="the ffg models are measured after each, the others after the last")
+                   help="the ffg models of --curve are measured after each, the rest after "
+                   "the last")
+    p.add_argument("--curve", nargs="*", choices=DATASETS, default=["mnist-binary"],
+                   help="the datasets whose ffg models draw the gaps against epochs")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--examples", type=int, default=100)
     p.add_argument("--ais-steps", type=int, default=300)
@@ -107,6 +110,7 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="300 images, tiny budgets (tests)")
     args = p.parse_args()
     args.out = args.out or Path("runs/quick" if args.quick else "results", "inference_gap")
+    args.curve = [d for d in args.curve if d in args.datasets]
     if args.quick:
         args.epochs, args.seeds, args.examples = [1, 2], 1, 3
         args.ais_steps, args.ais_chains, args.refine_steps, args.window = 3, 2, 20, 10
@@ -239,16 +243,17 @@ def study(args) -> list[dict]:
         for case in CASES:
             for seed in range(args.seeds):
                 run_dir = args.out / "runs" / dataset / case / f"seed{seed}"
-                epochs = args.epochs if case == "ffg" else args.epochs[-1:]
+                epochs = args.epochs if case == "ffg" and dataset in args.curve \
+                    else args.epochs[-1:]
                 for e in dict.fromkeys(epochs):
                     kept = run_dir / f"gaps-epoch{e}.json"
                     if kept.exists():
                         row = json.loads(kept.read_text())
                     else:
-                        if case == "semi":  # as many minutes as the FFG case's e epochs took
-                            plain = next(r for r in rows if (r["dataset"], r["case"], r["seed"],
-                                         r["epochs"]) == (dataset, "ffg", seed, e))
-                            minutes = plain["epoch_seconds"] * e / 60
+                        if case == "semi":  # as many minutes as the FFG case's e epochs take
+                            plain = [r["epoch_seconds"] for r in rows if (
+                                r["dataset"], r["case"], r["epochs"]) == (dataset, "ffg", e)]
+                            minutes = statistics.median(plain) * e / 60
                             vae, metrics = train_for(data, run_dir, minutes, seed)
                         else:
                             vae = build(case, data, seed)
@@ -319,7 +324,7 @@ def plot_gaps(rows, args, path: Path) -> None:
 def plot_epochs(rows, args, path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for dataset, style in zip(args.datasets, ("-", "--"), strict=False):
+    for dataset, style in zip(args.curve, ("-", "--"), strict=False):
         for key, colour in (("approximation_ffg", "tab:blue"), ("amortization_ffg", "tab:orange")):
             points = [summary(rows, dataset, "ffg", e, key) for e in args.epochs]
             ax.errorbar(args.epochs, [m for m, _ in points], yerr=[s for _, s in points],
@@ -418,7 +423,7 @@ def write(rows: list[dict], args, minutes: float) -> None:
               f"epochs {', '.join(map(str, args.epochs))}):", "",
               "| data | epochs | approximation gap | amortization gap | L[q] |",
               "|---|---|---|---|---|"]
-    for dataset in args.datasets:
+    for dataset in args.curve:
         for e in args.epochs:
             cells = [cell(dataset, "ffg", e, key) for key in (
                 "approximation_ffg", "amortization_ffg", "elbo_amortized")]
@@ -456,8 +461,9 @@ def semi_section(rows: list[dict], args) -> list[str]:
              f"SA-VAE (Kim et al., 2018; `pyro-vae train --elbo semi-amortized --refine-steps "
              f"{SEMI_STEPS}`): each training step refines every example's q by {SEMI_STEPS} "
              "natural-gradient steps and differentiates the bound through them. Trained for as "
-             f"many minutes as the same seed's FFG run took for its {last} epochs (epochs at "
-             "their median seconds, robust to another process slowing some; the FFG run is "
+             f"many minutes as the FFG runs take for their {last} epochs (an epoch's cost is the "
+             "median of its seconds over the run's epochs, and for the FFG runs the median of "
+             "that over seeds: robust to another process slowing some epochs; the FFG run is "
              "compiled, the semi-amortized one cannot be), same model, same seeds. L[q] is the "
              "encoder's own bound (at lambda_0); 'its bound' is the training estimator's on all "
              "test images at the last epoch: the ELBO for the plain VAE, the bound after "

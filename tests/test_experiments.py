@@ -260,9 +260,10 @@ def test_inference_gap_study_quick(tmp_path):
             value(f"approximation_{family}") + value(f"amortization_{family}"), abs=1e-3)
         assert value("elbo_ffg") > value("elbo_amortized") - 0.5  # never refined downward
         assert (r["bdmc_gap"] != "") == (r["seed"] == "0" and r["epochs"] == "2")
-    semi = [r for r in last if r["case"] == "semi"]
-    plain = {r["seed"]: float(r["train_seconds"]) for r in last if r["case"] == "ffg"}
-    assert all(float(r["train_seconds"]) >= plain[r["seed"]] for r in semi)  # equal minutes
+    (semi,) = [r for r in last if r["case"] == "semi"]
+    (plain,) = [r for r in last if r["case"] == "ffg"]
+    budget = 2 * float(plain["epoch_seconds"])  # equal minutes: the FFG's 2 epochs
+    assert float(semi["epoch_seconds"]) * int(semi["trained_epochs"]) >= budget
     readme = (out / "README.md").read_text()
     assert "| data | guide | log p(x) (AIS) |" in readme and "## Semi-amortized training" in readme
     assert "Which gap dominates" in readme
