@@ -157,7 +157,7 @@ def test_evaluate_and_reconstruct_refine_from_the_cli(tmp_path, capsys, mnist_bi
     out = capsys.readouterr().out
     assert "amortization gap" in out and "approximation gap" in out
     r = json.loads((run / "evaluation.json").read_text())["refinement"]
-    assert r["family"] == "gaussian" and r["steps"] == 30
+    assert r["family"] == "gaussian" and r["steps"] == 30 and r["guide_in_family"]
     assert r["refined_elbo"] > r["amortized_elbo"]  # one epoch's encoder is far from q*
     assert r["amortization_gap"] == pytest.approx(r["refined_elbo"] - r["amortized_elbo"],
                                                   abs=1e-4)
