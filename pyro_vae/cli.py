@@ -232,6 +232,10 @@ def evaluate(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, "
                              f"got {getattr(args, flag)}")
+    if args.refine_family and not args.refine:
+        raise ValueError(f"--refine-family {args.refine_family} says what --refine STEPS "
+                         "optimises: give --refine too")
+    args.refine_family = args.refine_family or "gaussian"
     _, built, data = load_run(run_dir, args.model, args.device, edited=args.edited_model)
     model, guide = built.model, built.guide
     if args.examples is not None:
@@ -558,8 +562,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--refine", type=int, metavar="STEPS", help="also the bound of q refined "
                    "per example for STEPS steps (pyro_vae.refine), the amortization gap, and "
                    "with --ais-steps the approximation gap")
-    e.add_argument("--refine-family", choices=FAMILIES, default="gaussian",
-                   help="the family refined: a diagonal Gaussian, or it with planar flows")
+    e.add_argument("--refine-family", choices=FAMILIES,
+                   help="the family --refine optimises: a diagonal Gaussian (the default), or "
+                   "it with planar flows")
 
     s = commands.add_parser("sample", help="PNG grid of decoder means of prior samples")
     s.set_defaults(command=sample)

@@ -201,10 +201,16 @@ def test_a_model_from_a_file_trains_resumes_and_evaluates_from_the_cli(small_npz
     assert steps == [(m["epoch"], pytest.approx(m["test_loss"])) for m in metrics]
 
 
-@pytest.mark.parametrize("flag", ["--is-samples", "--examples", "--ais-steps", "--ais-chains"])
+@pytest.mark.parametrize("flag", ["--is-samples", "--examples", "--ais-steps", "--ais-chains",
+                                  "--refine"])
 def test_evaluate_refuses_empty_settings_before_opening_the_run(tmp_path, capsys, flag):
     assert main(["evaluate", str(tmp_path / "nowhere"), flag, "0"]) == 1
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_refine_family_needs_refine(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nowhere"), "--refine-family", "flow"]) == 1
+    assert "--refine-family flow says what --refine STEPS optimises" in capsys.readouterr().err
 
 
 def test_model_flags_and_a_factory_do_not_mix(tmp_path, capsys):
