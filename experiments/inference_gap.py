@@ -1,7 +1,7 @@
 """Where the nats go: the approximation and amortization gaps of Cremer, Li & Duvenaud (2018),
 "Inference Suboptimality in Variational Autoencoders", for three guides on two datasets.
 
-    .venv/bin/python experiments/inference_gap.py           # ~65 min on 2 CPU cores
+    .venv/bin/python experiments/inference_gap.py           # ~2 hours on 2 CPU cores (resumes)
     .venv/bin/python experiments/inference_gap.py --quick   # seconds (tests)
 
 For each dataset (dynamically binarized MNIST and Fashion-MNIST) and each case
