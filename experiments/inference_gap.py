@@ -66,6 +66,7 @@ from pyro_vae import (
     load_dataset,
     refine,
 )
+from pyro_vae.plots import save_figure
 from pyro_vae.rundir import CHECKPOINT, atomic_write_text, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent / "extending"))
@@ -318,7 +319,7 @@ def plot_gaps(rows, args, path: Path) -> None:
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_epochs(rows, args, path: Path) -> None:
@@ -336,17 +337,7 @@ def plot_epochs(rows, args, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    from pyro_vae.rundir import atomic_write
-
-    atomic_write(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 FIELDS = ["dataset", "case", "seed", "epochs", "log_p", "elbo_flow", "elbo_ffg",

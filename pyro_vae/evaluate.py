@@ -30,15 +30,14 @@ from .data import Dataset, as_arguments
 from .estimators import make_elbo, mean_loss
 from .memory import reuse_freed_memory
 from .traces import (
-    data_dim,
     data_plate,
-    log_prob_per_point,
+    draw_latents,
+    log_joint,
     plate_nesting,
     sample_sites,
     takes_labels,
 )
 
-_PARTICLES = "_importance_samples"
 _BYTES_PER_CODE_AND_DIM = 16  # decoder output, log-prob and temporaries, float32
 
 
@@ -165,24 +164,6 @@ def _draw_latents(guide, args, k, seed, index, nesting, plate) -> tuple[dict, to
     else:
         torch.default_generator.manual_seed(stream)
     return draw_latents(guide, args, k, nesting, plate)
-
-
-def draw_latents(guide, args, k, nesting, plate) -> tuple[dict, torch.Tensor]:
-    """k draws of the guide's latents for the rows of ``args``, from the current random
-    state, and their log q(z | x): ``({site: (value, the value's data dimension)}, (k, n))``."""
-    with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
-        trace = poutine.trace(guide).get_trace(*args)
-    latents = {name: (site["value"], data_dim(site, name, plate) - site["fn"].event_dim)
-               for name, site in sample_sites(trace)}
-    return latents, log_prob_per_point(trace, plate)
-
-
-def log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
-    """log p(x, z) for given latents, summed per data point: ``(k, n)``."""
-    k = next(iter(latents.values())).shape[0]
-    with pyro.plate(_PARTICLES, k, dim=-nesting - 1):
-        model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args)
-    return log_prob_per_point(model_trace, plate)
 
 
 # --------------------------------------------------------------------------- diagnostics

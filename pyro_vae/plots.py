@@ -70,7 +70,7 @@ def image_panels(
         if title:
             ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _PAD = 1  # pixels of white between tiled images
@@ -101,7 +101,7 @@ def _chw(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
     return tuple(image_shape)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """The PNG drawn in memory, then written atomically (never half a figure on disk)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -120,7 +120,7 @@ def kl_bars(kl: torch.Tensor, path: str | Path) -> Path:
     ax.set_ylabel("KL (nats)")
     ax.set_title(f"KL(q(z_u|x) || N(0, 1)) per dimension, total {kl.sum().item():.2f} nats")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_title(spec, config) -> str:
@@ -157,7 +157,7 @@ def learning_curves(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reconstructions(
@@ -199,7 +199,7 @@ def latent_manifold(
     ax.set_title(f"decoder means on a {n} x {n} grid over [-{extent:g}, {extent:g}]$^2$",
                  fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latent_embedding(
@@ -238,7 +238,7 @@ def latent_embedding(
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(

@@ -47,13 +47,14 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from tqdm.auto import tqdm
 
-from .evaluate import _arguments, draw_latents, latent_site, log_joint
-from .traces import data_plate, plate_nesting
+from .evaluate import _arguments, latent_site
+from .traces import data_plate, draw_latents, log_joint, plate_nesting
 
 FAMILIES = ("gaussian", "flow")
 _EVAL_CHUNK = 10  # particles scored at a time in the final estimates
@@ -221,8 +222,6 @@ def _guide_bound(model, guide, args, k, nesting, plate) -> torch.Tensor:
 
 
 def _guide_distribution(guide, args, site) -> dist.Distribution:
-    import pyro.poutine as poutine
-
     with torch.no_grad(), poutine.block():
         trace = poutine.trace(guide).get_trace(*args)
     if site not in trace.nodes:

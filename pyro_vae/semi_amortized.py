@@ -27,17 +27,15 @@ estimator. Needs one latent site, a diagonal Normal per example in the data plat
 
 from __future__ import annotations
 
-import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 
-from .traces import data_plate, log_prob_per_point, plate_nesting, sample_sites
+from .traces import data_plate, log_joint, plate_nesting, sample_sites
 
 STEP_SIZE = 0.5  # alpha, in natural-gradient units
 MAX_STEP = 1.0  # the longest step of one example's (mu, log sigma), in Euclidean norm
-_PARTICLES = "_sa_particles"
 
 
 class SemiAmortizedELBO(ELBO):
@@ -107,9 +105,7 @@ class SemiAmortizedELBO(ELBO):
         ``eps`` ``(particles, n, D)``: ``(n,)``."""
         z = loc + log_scale.exp() * eps
         log_q = dist.Normal(loc, log_scale.exp()).log_prob(z).sum(-1)
-        with pyro.plate(_PARTICLES, self.num_particles, dim=-nesting - 1):
-            trace = poutine.trace(poutine.condition(model, data={site: z})).get_trace(*args)
-        return (log_prob_per_point(trace, plate) - log_q).mean(0)
+        return (log_joint(model, args, {site: z}, nesting, plate) - log_q).mean(0)
 
     def _layout_of(self, model, guide, args):
         key = (model, guide)

@@ -1,5 +1,6 @@
 r"""Reading Pyro traces per data point: the one mechanism behind the importance-weighted
-estimators (:mod:`pyro_vae.iwae`), :func:`~pyro_vae.evaluate.log_likelihood` and AIS.
+estimators (:mod:`pyro_vae.iwae`), :func:`~pyro_vae.evaluate.log_likelihood`, AIS,
+:func:`~pyro_vae.refine` and semi-amortized training (:func:`log_joint`, :func:`draw_latents`).
 
 A model whose data points are conditionally independent given the parameters, every sample
 site inside the data plate, has a joint density that factorizes over the plate:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -172,6 +174,29 @@ def plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
     return max((-frame.dim for trace in (model_trace, guide_trace)
                 for _, site in sample_sites(trace) for frame in site["cond_indep_stack"]
                 if frame.vectorized), default=0)
+
+
+# Particles of one data point: a plate of their own in front of every other, so that a site's
+# log-probability is (particles, ..., points) and :func:`per_point` sums it to (k, n).
+PARTICLES = "_particles"
+
+
+def draw_latents(guide, args, k, nesting, plate) -> tuple[dict, torch.Tensor]:
+    """k draws of the guide's latents for the rows of ``args``, from the current random
+    state, and their log q(z | x): ``({site: (value, the value's data dimension)}, (k, n))``."""
+    with pyro.plate(PARTICLES, k, dim=-nesting - 1):
+        trace = poutine.trace(guide).get_trace(*args)
+    latents = {name: (site["value"], data_dim(site, name, plate) - site["fn"].event_dim)
+               for name, site in sample_sites(trace)}
+    return latents, log_prob_per_point(trace, plate)
+
+
+def log_joint(model, args, latents, nesting, plate) -> torch.Tensor:
+    """log p(x, z) for given latents, summed per data point: ``(k, n)``."""
+    k = next(iter(latents.values())).shape[0]
+    with pyro.plate(PARTICLES, k, dim=-nesting - 1):
+        model_trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args)
+    return log_prob_per_point(model_trace, plate)
 
 
 def per_point(batch: torch.Tensor, dim: int) -> torch.Tensor:
