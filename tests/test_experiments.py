@@ -105,6 +105,8 @@ def test_estimator_study_quick(tmp_path, capsys):
         assert row.startswith(f"| {configuration} | 2 | ") and " ± " in row
     assert "| tail-adaptive-1 | 0 | failed: ValueError: tail-adaptive ranks particles" in readme
     assert "iwae-dreg-5 − iwae-5, IS-20, paired by seed (2 seeds): " in readme
+    for k in (1, 5):  # sampled KL against analytic KL, the estimators the project is named for
+        assert f"- trace-{k} − meanfield-{k}, IS-20, paired by seed (2 seeds): " in readme
     assert "At equal wall-clock time" in readme
     with open(out / "metrics.csv") as f:
         rows = {(row["configuration"], row["seed"]): row for row in csv.DictReader(f)}
