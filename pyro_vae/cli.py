@@ -33,7 +33,7 @@ from .data import DATASETS, EVAL_SEED, fetch, load_dataset, load_recorded
 from .distributed import World
 from .estimators import COMPILABLE, ESTIMATORS
 from .likelihoods import LIKELIHOODS
-from .model import VAE
+from .model import LATENTS, VAE
 from .networks import ACTIVATIONS, NETWORKS
 from .refinement import FAMILIES
 from .rundir import (
@@ -54,7 +54,8 @@ from .train import fit
 
 DEFAULT_DATASET = "mnist-binary"  # of a new run without --dataset
 # The flags that describe the built-in VAE (the model), apart from how it trains (Config).
-VAE_FLAGS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation", "network")
+VAE_FLAGS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation", "network",
+             "latent", "groups", "classes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +127,10 @@ def train(args: argparse.Namespace) -> int:
         if args.model and vae_flags:
             raise ValueError(f"{_flags(vae_flags)} describe the built-in VAE; a model from "
                              "--model takes its arguments from --model-args (a JSON object)")
-        # A compiled trace is exact for the built-in VAE, which is static; not assumed of others.
-        given.setdefault("jit", not args.model and given.get("elbo", Config.elbo) in COMPILABLE)
+        # A compiled trace is exact for the built-in VAE, which is static; not assumed of
+        # others, nor of discrete draws (a traced sampler of one-hot codes is not tested).
+        given.setdefault("jit", not args.model and args.latent in (None, "gaussian")
+                         and given.get("elbo", Config.elbo) in COMPILABLE)
         given.setdefault("dataset", DEFAULT_DATASET)
         config = Config(**given)
         run_dir = world.broadcast(Path(args.out or _default_run_dir(config, args)))
@@ -187,10 +190,9 @@ def _vae(args: argparse.Namespace, x_dim: int, image_shape) -> VAE:
     options = {name: getattr(args, name) for name in ("sigma", "min_scale")
                if getattr(args, name) is not None}
     arguments = {name: getattr(args, name) for name in ("likelihood", "z_dim", "hidden",
-                                                         "activation", "network")
+                                                         "activation", "network", "latent",
+                                                         "groups", "classes")
                  if getattr(args, name) is not None}
-    if arguments.get("z_dim", 1) < 1:
-        raise ValueError(f"z_dim must be at least 1, got {arguments['z_dim']}")
     if any(h < 1 for h in arguments.get("hidden", [1])):
         raise ValueError(f"hidden sizes must be at least 1, got {arguments['hidden']}")
     if arguments.get("network") == "conv":
@@ -500,7 +502,14 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--sigma", type=float, help="fixed scale of gaussian-fixed (1.0)")
     vae.add_argument("--min-scale", dest="min_scale", type=float,
                      help="scale floor of gaussian (0: none)")
-    vae.add_argument("--z-dim", dest="z_dim", type=int, help=f"latent dimensions ({v['z_dim']})")
+    vae.add_argument("--latent", choices=LATENTS,
+                     help="the latent code: Gaussian, G one-hot codes of C classes, or binary "
+                     "units (gaussian)")
+    vae.add_argument("--z-dim", dest="z_dim", type=int,
+                     help="latent dimensions, or binary units of --latent bernoulli (50)")
+    vae.add_argument("--groups", type=int, help="one-hot codes of --latent categorical (G)")
+    vae.add_argument("--classes", type=int, help="classes of each code of --latent "
+                     "categorical (C)")
     vae.add_argument("--hidden", type=int, nargs="+",
                      help=f"encoder hidden sizes; the decoder mirrors them ({v['hidden'][0]})")
     vae.add_argument("--activation", choices=ACTIVATIONS, help=f"({v['activation']})")

@@ -9,11 +9,20 @@ Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` a
 ``meanfield``      ``TraceMeanField_ELBO``: the KL term in closed form where one is known
                    (Gaussian guide against Gaussian prior), by sampling otherwise.
 ``graph``          ``TraceGraph_ELBO``: Rao-Blackwellized score-function terms for sites that
-                   cannot be reparameterized (Schulman et al., 2015).
-``enum``           ``TraceEnum_ELBO``: discrete latent sites marked for enumeration
-                   (``config_enumerate``) are summed out exactly, in parallel over their
-                   values, instead of sampled (Obermeyer et al., 2019, "Tensor Variable
-                   Elimination for Plated Factor Graphs"); other sites as in ``meanfield``.
+                   cannot be reparameterized (Schulman et al., 2015), minus the baseline the
+                   guide gives the site (``infer={"baseline": ...}``; the built-in VAE's
+                   discrete guides carry a learned one).
+``enum``           ``TraceEnum_ELBO``: every discrete guide site is summed out exactly, in
+                   parallel over its values (``config_enumerate`` applied here), instead of
+                   sampled (Obermeyer et al., 2019, "Tensor Variable Elimination for Plated
+                   Factor Graphs"); a discrete site without a finite support that can be
+                   enumerated (a code of several groups, C**G values) is refused by name.
+``vimco``          the importance-weighted bound for discrete guides, the score-function
+                   gradient with leave-one-out baselines (Mnih & Rezende, 2016;
+                   :class:`pyro_vae.iwae.VIMCO`).
+``gumbel``         discrete guide sites relaxed to Gumbel-Softmax (Concrete) draws at an
+                   annealed temperature, the discrete bound reported (Jang, Gu & Poole, 2017;
+                   :mod:`pyro_vae.relaxed`); ``gumbel-st`` is its straight-through form.
 ``iwae``           the importance-weighted bound
                    :math:`\mathcal{L}_k = \mathbb{E}\log\frac1k\sum_i p(x,z_i)/q(z_i|x)`
                    of each data point (Burda, Grosse & Salakhutdinov, 2016); k is
@@ -38,6 +47,7 @@ import warnings
 from collections.abc import Callable, Iterable
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import (
     ELBO,
@@ -48,11 +58,42 @@ from pyro.infer import (
     TraceEnum_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
+    config_enumerate,
 )
 from pyro.infer.util import torch_item
 
 from . import iwae
+from .relaxed import GumbelSoftmaxELBO
 from .semi_amortized import SemiAmortizedELBO
+from .traces import sample_sites
+
+
+class Enumerated(TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` with every discrete guide site marked for parallel enumeration
+    (sites the guide marked itself keep their marks); a discrete site that cannot be
+    enumerated is refused by name at the first step, not scored silently."""
+
+    def _get_traces(self, model, guide, args, kwargs):
+        guide = config_enumerate(guide, default="parallel")
+        if not getattr(self, "_checked", False):
+            self._check(guide, args, kwargs)
+        return super()._get_traces(model, guide, args, kwargs)
+
+    def _check(self, guide, args, kwargs):
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        for name, site in sample_sites(trace):
+            if site["is_observed"] or site["fn"].has_rsample:
+                continue
+            if site["infer"].get("enumerate") is None:
+                shape = tuple(site["fn"].event_shape)
+                raise ValueError(
+                    f"enum sums each discrete site over its values, and guide site {name!r} "
+                    f"({type(site['fn']).__name__}, event shape {shape}) is one joint code "
+                    "that it cannot enumerate (G one-hot groups of C classes have C**G joint "
+                    "values, D binary units 2**D; a categorical latent of one group can be "
+                    "summed out); train it with 'graph', 'vimco' or 'gumbel'")
+        self._checked = True
 
 
 class Compiled(ELBO):
@@ -155,6 +196,9 @@ def describe(elbo: ELBO) -> str:
         options["alpha"] = elbo.alpha
     if isinstance(elbo, SemiAmortizedELBO):
         options["refine_steps"] = elbo.steps
+    if isinstance(elbo, GumbelSoftmaxELBO):
+        options["straight_through"] = elbo.straight_through
+        options["temperature"] = f"'{elbo.temperature}'"
     name = f"Compiled({elbo.compiles})" if isinstance(elbo, Compiled) else type(elbo).__name__
     return f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
 
@@ -170,13 +214,16 @@ ESTIMATORS: dict[str, str] = {
     "stl": "sticking the landing: the guide's score term dropped (k = particles)",
     "tail-adaptive": "tail-adaptive f-divergence, particles ranked per data point",
     "semi-amortized": "ELBO at q refined refine_steps natural-gradient steps, through them",
+    "vimco": "importance-weighted bound, score function with leave-one-out baselines",
+    "gumbel": "discrete sites relaxed to Gumbel-Softmax draws, annealed temperature",
+    "gumbel-st": "gumbel, straight-through: the decoder sees the hard code",
 }
 _JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
 _PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO,
-          "enum": TraceEnum_ELBO}
+          "enum": Enumerated}
 _WEIGHTED = {"iwae": iwae.ImportanceWeightedELBO, "renyi": iwae.RenyiELBO,
              "iwae-dreg": iwae.DReG, "stl": iwae.StickingTheLanding,
-             "tail-adaptive": iwae.TailAdaptiveELBO}
+             "tail-adaptive": iwae.TailAdaptiveELBO, "vimco": iwae.VIMCO}
 COMPILABLE = tuple(_JIT)  # the estimators Pyro can compile
 
 
@@ -222,6 +269,11 @@ def make_elbo(
         return iwae.RenyiELBO(num_particles, alpha=alpha)
     if name == "semi-amortized":
         return SemiAmortizedELBO(5 if refine_steps is None else refine_steps, num_particles)
+    if name in ("gumbel", "gumbel-st"):
+        if num_particles != 1:
+            raise ValueError(f"{name!r} takes one relaxed draw per data point and step (as "
+                             f"Jang et al.), not {num_particles} particles")
+        return GumbelSoftmaxELBO(straight_through=name == "gumbel-st")
     if name in _WEIGHTED:
         return _WEIGHTED[name](num_particles)
     if jit:

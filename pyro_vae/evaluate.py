@@ -57,8 +57,10 @@ def elbo(
     KL), because the closed form would take a later site's draw, which depends on the
     earlier site's draw, as given, and so miss the dependence (a hierarchy such as the
     two-layer VAE of experiments/iwae_paper.py); a guide with a site marked for enumeration
-    gets ``TraceEnum_ELBO``. A model of ``(x, y)`` is given each batch's labels. The latent
-    draws come from ``seed``; the caller's random state is left as it was."""
+    gets ``TraceEnum_ELBO``, and so does a guide whose discrete sites can all be enumerated
+    (one categorical code, a mixture's component): they are then summed out exactly. A model
+    of ``(x, y)`` is given each batch's labels. The latent draws come from ``seed``; the
+    caller's random state is left as it was."""
     labelled = takes_labels(model, guide)
     first = next(as_arguments(data.eval_batches(split, 1, labels=labelled), labelled))
     estimator = make_elbo(elbo_estimator(guide, *first), num_particles=num_particles)
@@ -70,13 +72,16 @@ def elbo(
 
 def elbo_estimator(guide: Callable, *args: torch.Tensor) -> str:
     """The estimator :func:`elbo` uses for ``guide``: ``"enum"`` if a site is marked for
-    enumeration, else ``"meanfield"`` for one latent site, ``"trace"`` for several."""
+    enumeration or the guide's discrete sites can all be enumerated, else ``"meanfield"``
+    for one latent site, ``"trace"`` for several."""
     devices = [args[0].device] if args[0].is_cuda else []
     with poutine.block(), torch.random.fork_rng(devices=devices):
         trace = poutine.trace(guide).get_trace(*args)
     latent = [site for _, site in sample_sites(trace) if not site["is_observed"]]
-    if any(site["infer"].get("enumerate") for site in latent):
-        return "enum"
+    discrete = [site for site in latent if not site["fn"].has_rsample]
+    if any(site["infer"].get("enumerate") for site in latent) or (
+            discrete and all(site["fn"].has_enumerate_support for site in discrete)):
+        return "enum"  # discrete codes small enough to sum out, exactly
     return "meanfield" if len(latent) == 1 else "trace"
 
 
@@ -192,11 +197,15 @@ def latent_site(fn: Callable, x: torch.Tensor, y: torch.Tensor | None = None) ->
     discrete sites aside); a ``ValueError`` naming them where there are several or none."""
     with poutine.block(), torch.no_grad():
         trace = poutine.trace(fn).get_trace(*(a[:1] for a in _arguments(x, y)))
-    names = [name for name, site in sample_sites(trace) if not site["is_observed"]
-             and not site["infer"].get("enumerate") and not site["fn"].support.is_discrete]
+    latent = [(name, site) for name, site in sample_sites(trace) if not site["is_observed"]]
+    names = [name for name, site in latent
+             if not site["infer"].get("enumerate") and not site["fn"].support.is_discrete]
     if len(names) != 1:
-        raise ValueError(f"it has {len(names)} continuous latent sites {names}, and this "
-                         "diagnostic is of one (in Python: site=NAME)")
+        discrete = sorted(set(name for name, _ in latent) - set(names))
+        raise ValueError(f"it has {len(names)} continuous latent sites {names}"
+                         + (f" (and the discrete {discrete})" if discrete else "")
+                         + ", and this diagnostic is of one continuous site (in Python: "
+                         "site=NAME)")
     return names[0]
 
 

@@ -32,6 +32,10 @@ scaled log-probabilities, so under a scale it optimizes another objective (pyro 
                        \frac1k \#\{j : w_j \ge t\}`, ranked within each point (Wang, Liu &
                        Liu, 2018; Pyro's ranks particles of the whole batch, wrongly:
                        pyro #3170); reports the ELBO :math:`\frac1k\sum_i \log w_i`.
+``vimco``              :math:`\mathcal{L}_k` for guides that cannot be reparameterized
+                       (discrete codes): the score-function gradient with each particle's
+                       leave-one-out baseline (Mnih & Rezende, 2016, "Variational Inference
+                       for Monte Carlo Objectives"), per data point.
 =====================  ====================================================================
 
 :math:`\nabla^{\rm path}_\phi` differentiates through the draws :math:`z = z(\epsilon, \phi)`
@@ -42,7 +46,8 @@ value, so that a hierarchical guide's :math:`q(z_2 \mid z_1)` keeps its path thr
 :math:`z_1` (a guide with one latent site scores the detached draw directly). The guide must
 be a function of x, its latents and parameters alone (no dropout in training mode).
 
-Every guide site must be reparameterizable; every sample site must lie in the data plate
+Every guide site must be reparameterizable (``vimco``'s aside); every sample site must lie
+in the data plate
 (``plate``; by default the plate whose size is the batch's, :func:`~pyro_vae.traces.data_plate`).
 """
 
@@ -92,6 +97,7 @@ class ImportanceWeightedELBO(ELBO):
     gradient (see the module's text)."""
 
     needs_path = False  # whether the surrogate uses the path-only log q
+    scores = False  # whether guide sites that cannot be reparameterized are scored
 
     def __init__(self, num_particles: int = 1, plate: str | None = None):
         if num_particles < 1:
@@ -143,11 +149,12 @@ class ImportanceWeightedELBO(ELBO):
         # plate outside them would not broadcast a replayed site's distribution.
         guide_trace = poutine.trace(self._particles(guide)).get_trace(*args, **kwargs)
         for name, site in sample_sites(guide_trace):
-            if not site["fn"].has_rsample:
+            if not site["fn"].has_rsample and not self.scores:
                 raise ValueError(
                     f"guide site {name!r} ({type(site['fn']).__name__}) cannot be "
                     f"reparameterized: {type(self).__name__} differentiates through the "
-                    "draws; use 'trace' or 'graph' (score-function gradients) instead")
+                    "draws; use 'vimco' (its multi-sample twin for discrete codes), 'graph', "
+                    "'trace', 'gumbel' or 'enum' instead")
         model_trace = poutine.trace(
             poutine.replay(self._particles(model), trace=self._for_model(guide_trace))
         ).get_trace(*args, **kwargs)
@@ -260,6 +267,51 @@ class TailAdaptiveELBO(ImportanceWeightedELBO):
 
     def surrogate(self, w, path_log_q):
         return (tail_weights(w.log_w.detach(), self.beta) * w.log_w).sum(0)
+
+
+class VIMCO(ImportanceWeightedELBO):
+    r"""``vimco``: :math:`\mathcal{L}_k` of each data point with the gradient of Mnih &
+    Rezende (2016), eq. 8-10, for guides whose draws cannot be differentiated:
+
+    .. math:: \nabla \mathcal{L}_k = \sum_i \hat L(z_i \mid z_{-i})\,
+              \nabla \log q(z_i \mid x) + \sum_i \tilde w_i \nabla \log w_i,
+              \qquad \hat L(z_i \mid z_{-i}) = \mathcal{L}_k - \log \frac1k \Big(
+              \sum_{j \ne i} w_j + \hat w_{-i}\Big),
+
+    where :math:`\hat w_{-i} = \exp \frac{1}{k-1}\sum_{j \ne i} \log w_j`, the geometric
+    mean of the other particles, stands in for particle i: each particle's learning signal
+    has a baseline built from the others of its own data point, so it needs no learned
+    network. The score term takes the sites that cannot be reparameterized; reparameterized
+    sites of the same guide are differentiated through their draws, as in ``iwae``."""
+
+    scores = True
+
+    def __init__(self, num_particles: int = 2, plate: str | None = None):
+        if num_particles < 2:
+            raise ValueError("vimco's baseline for each particle is built from the others of "
+                             f"its data point: it needs num_particles >= 2 (got {num_particles})")
+        super().__init__(num_particles, plate)
+
+    def surrogate(self, w, path_log_q):
+        signal = leave_one_out_signal(w.log_w.detach())  # (k, n)
+        scored = sum((per_point(scale_and_mask(site["fn"].log_prob(site["value"]),
+                                               mask=site["mask"]),
+                                data_dim(site, name, self.plate))
+                      for name, site in sample_sites(w.guide_trace)
+                      if not site["fn"].has_rsample), torch.zeros(()))
+        return self.bound(w.log_w) + (signal * scored).sum(0)
+
+
+def leave_one_out_signal(log_w: torch.Tensor) -> torch.Tensor:
+    r"""VIMCO's learning signal :math:`\hat L(z_i \mid z_{-i})` of every particle, ``(k, n)``
+    from log-weights ``(k, n)``: the bound less the bound with particle i replaced by the
+    geometric mean of the others."""
+    k = log_w.shape[0]
+    bound = torch.logsumexp(log_w, 0) - math.log(k)
+    others = (log_w.sum(0, keepdim=True) - log_w) / (k - 1)  # (k, n): mean log w_{-i}
+    eye = torch.eye(k, dtype=torch.bool, device=log_w.device).unsqueeze(-1)  # (k, k, 1)
+    replaced = torch.where(eye, others.unsqueeze(1), log_w.unsqueeze(0))  # [i, j, n]
+    return bound - (torch.logsumexp(replaced, 1) - math.log(k))
 
 
 def tail_weights(log_w: torch.Tensor, beta: float = -1.0) -> torch.Tensor:

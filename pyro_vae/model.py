@@ -9,6 +9,20 @@ Generative model, for each example in the data plate:
 Amortized guide:
 :math:`q_\phi(z \mid x) = \mathcal{N}(\mu_\phi(x), \mathrm{diag}\,\sigma_\phi(x)^2)`.
 
+Discrete codes (``latent=``) swap only the distributions at ``z``:
+
+- ``"categorical"``: G independent one-hot codes of C classes, a uniform prior
+  :math:`z_g \sim \mathrm{OneHotCategorical}(1/C)`, the guide
+  :math:`q(z_g \mid x) = \mathrm{OneHotCategorical}(\mathrm{softmax}(\ell_g(x)))`, the
+  decoder reading the G*C numbers together (the categorical VAE of Jang, Gu & Poole, 2017);
+  one group (G = 1) is a site of C values that ``enum`` sums out exactly;
+- ``"bernoulli"``: D binary units, :math:`z_d \sim \mathrm{Bernoulli}(1/2)`,
+  :math:`q(z_d \mid x) = \mathrm{Bernoulli}(\sigma(\ell_d(x)))`.
+
+Neither can be reparameterized: ``graph`` (REINFORCE with the guide's learned baseline,
+a small network of x given to Pyro as ``infer={"baseline": ...}``), ``vimco``, the relaxed
+``gumbel``/``gumbel-st`` and, for one group, ``enum`` train them (:mod:`pyro_vae.estimators`).
+
 ``model`` and ``guide`` are plain Pyro functions of ``x`` alone, so any ELBO estimator
 trains them and :func:`pyro_vae.fit` treats them like any user's model/guide pair.
 
@@ -28,8 +42,10 @@ import torch
 from torch import nn
 
 from .likelihoods import Likelihood, get_likelihood, likelihood_name
-from .networks import NETWORKS, ConvDecoder, ConvEncoder, Decoder, Encoder
+from .networks import NETWORKS, Baseline, ConvDecoder, ConvEncoder, Decoder, Encoder, mlp
 from .spec import ModelSpec
+
+LATENTS = ("gaussian", "categorical", "bernoulli")
 
 
 class VAE(nn.Module):
@@ -41,12 +57,17 @@ class VAE(nn.Module):
     a custom decoder maps ``z`` to ``likelihood.params_per_dim * x_dim`` numbers.
     ``likelihood`` is a name with its ``likelihood_options`` (``sigma`` of gaussian-fixed,
     ``min_scale`` of gaussian), or a :class:`~pyro_vae.likelihoods.Likelihood`.
+
+    ``latent`` is ``"gaussian"`` (``z_dim`` dimensions, default 50), ``"categorical"``
+    (``groups`` one-hot codes of ``classes`` classes) or ``"bernoulli"`` (``z_dim`` binary
+    units); a discrete guide's encoder emits logits, and the guide carries the baseline
+    network that ``graph`` uses (MLP networks only).
     """
 
     def __init__(
         self,
         x_dim: int = 784,
-        z_dim: int = 50,
+        z_dim: int | None = None,
         hidden: Sequence[int] = (400,),
         activation: str = "relu",
         likelihood: str | Likelihood = "bernoulli",
@@ -55,9 +76,13 @@ class VAE(nn.Module):
         decoder: nn.Module | None = None,
         network: str = "mlp",
         image_shape: Sequence[int] | None = None,
+        latent: str = "gaussian",
+        groups: int | None = None,
+        classes: int | None = None,
     ):
         super().__init__()
-        self.z_dim = z_dim
+        self.latent, self.groups, self.classes = latent, groups, classes
+        self.z_dim = z_dim = _code_size(latent, z_dim, groups, classes)
         if isinstance(likelihood, str):
             likelihood = get_likelihood(likelihood, **(likelihood_options or {}))
         elif likelihood_options:
@@ -69,6 +94,10 @@ class VAE(nn.Module):
                        and likelihood_name(self.likelihood) is not None)
         if network not in NETWORKS:
             raise ValueError(f"unknown network {network!r}; choose from: {', '.join(NETWORKS)}")
+        if latent != "gaussian" and (network != "mlp" or encoder is not None):
+            raise ValueError(f"a {latent} latent is built with the MLP encoder that emits its "
+                             f"logits: network 'mlp' and no encoder of your own (got network "
+                             f"{network!r}{' and an encoder' if encoder is not None else ''})")
         if network == "conv":
             if image_shape is None:
                 raise ValueError(f"network 'conv' is for images; these data are vectors of "
@@ -79,6 +108,10 @@ class VAE(nn.Module):
             encoder = encoder or ConvEncoder(image_shape, hidden, z_dim, activation)
             decoder = decoder or ConvDecoder(z_dim, tuple(reversed(hidden)), image_shape,
                                              self.likelihood.params_per_dim, activation)
+        self.baseline = None
+        if latent != "gaussian":  # logits, and the score-function estimators' baseline
+            encoder = mlp([x_dim, *hidden, z_dim], activation)
+            self.baseline = Baseline(x_dim, activation=activation)
         if encoder is None:
             encoder = Encoder(x_dim, hidden, z_dim, activation)
         if decoder is None:
@@ -86,40 +119,108 @@ class VAE(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.spec: ModelSpec | None = None
         if rebuildable:
-            conv = dict(network=network, image_shape=list(image_shape)) \
-                if network == "conv" else {}  # an MLP's spec reads as it always did
+            # a Gaussian MLP's spec reads as it always did
+            extra = dict(network=network, image_shape=list(image_shape)) \
+                if network == "conv" else {}
+            if latent == "categorical":
+                extra.update(latent=latent, groups=groups, classes=classes)
+            elif latent == "bernoulli":
+                extra.update(latent=latent)
             self.spec = ModelSpec("pyro_vae.model:VAE", dict(
                 x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), activation=activation,
                 likelihood=likelihood_name(self.likelihood),
-                likelihood_options=self.likelihood.options(), **conv))
+                likelihood_options=self.likelihood.options(), **extra))
 
     def model(self, x: torch.Tensor) -> None:
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         self.likelihood.check(x)
         with pyro.plate("data", x.shape[0]):
-            prior = dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1)
-            z = pyro.sample("z", prior)
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            z = pyro.sample("z", self.prior(x.new_zeros(x.shape[0])))
+            pyro.sample("x", self.likelihood(self.decoder(self.code(z))), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)
+        if self.baseline is not None:
+            pyro.module("baseline", self.baseline)
         with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.posterior(x), infer=self._infer(x))
+
+    def prior(self, like: torch.Tensor) -> dist.Distribution:
+        """p(z), one per entry of ``like`` (a tensor of the batch's shape)."""
+        if self.latent == "categorical":
+            return self._one_hot(like.new_zeros(*like.shape, self.z_dim))  # uniform
+        if self.latent == "bernoulli":
+            return dist.Bernoulli(probs=like.new_full((*like.shape, self.z_dim), 0.5)).to_event(1)
+        return dist.Normal(like.new_zeros(*like.shape, self.z_dim), 1.0).to_event(1)
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x) for the rows of ``x``."""
+        if self.latent == "gaussian":
             loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            return dist.Normal(loc, scale).to_event(1)
+        logits = self.encoder(x)
+        if self.latent == "categorical":
+            return self._one_hot(logits)
+        return dist.Bernoulli(logits=logits).to_event(1)
+
+    def code(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for a value of ``z``: G one-hot codes side by side."""
+        return z.flatten(-2) if self.latent == "categorical" and self.groups > 1 else z
+
+    def _one_hot(self, logits: torch.Tensor) -> dist.Distribution:
+        """G one-hot codes from ``logits (..., G*C)``. One group is a site of C values,
+        which enumeration can sum out; several are one joint code of C**G values (the
+        decoder reads all of them), an event of shape (G, C)."""
+        if self.groups == 1:
+            return dist.OneHotCategorical(logits=logits)
+        return dist.OneHotCategorical(logits=logits.unflatten(-1, (self.groups, self.classes))
+                                      ).to_event(1)
+
+    def _infer(self, x: torch.Tensor) -> dict:
+        """The guide site's ``infer``: the baseline that ``graph`` (Pyro's TraceGraph_ELBO)
+        subtracts from the learning signal of a discrete draw; read by no other estimator."""
+        if self.baseline is None:
+            return {}
+        return {"baseline": {"nn_baseline": self.baseline, "nn_baseline_input": x}}
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` for the latent codes ``z``."""
-        return self.likelihood(self.decoder(z)).mean
+        return self.likelihood(self.decoder(self.code(z))).mean
 
     def sample(self, n: int) -> torch.Tensor:
-        """Means of :math:`p(x \\mid z)` for ``n`` draws :math:`z \\sim \\mathcal{N}(0, I)`."""
+        """Means of :math:`p(x \\mid z)` for ``n`` draws of the prior."""
         device = next(self.decoder.parameters()).device
-        return self.decode(torch.randn(n, self.z_dim, device=device))
+        return self.decode(self.prior(torch.zeros(n, device=device)).sample())
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` at the guide's posterior mean of ``z``."""
-        loc, _ = self.encoder(x)
-        return self.decode(loc)
+        return self.decode(self.posterior(x).mean)
+
+
+def _code_size(latent: str, z_dim: int | None, groups: int | None,
+               classes: int | None) -> int:
+    """The decoder's input size for a latent of this kind; every impossible combination
+    refused by name."""
+    if latent not in LATENTS:
+        raise ValueError(f"unknown latent {latent!r}; choose from: {', '.join(LATENTS)}")
+    if latent != "categorical":
+        if groups is not None or classes is not None:
+            raise ValueError(f"groups and classes describe a categorical latent, not a "
+                             f"{latent} one (its size is z_dim)")
+        z_dim = 50 if z_dim is None else z_dim
+        if z_dim < 1:
+            raise ValueError(f"z_dim must be at least 1, got {z_dim}")
+        return z_dim
+    if groups is None or classes is None:
+        raise ValueError("a categorical latent needs groups (one-hot codes) and classes (the "
+                         "values of each), for example groups=20, classes=10")
+    if groups < 1 or classes < 2:
+        raise ValueError(f"a categorical latent needs groups >= 1 and classes >= 2, got "
+                         f"groups={groups}, classes={classes}")
+    if z_dim is not None and z_dim != groups * classes:
+        raise ValueError(f"z_dim={z_dim} does not fit a categorical latent of {groups} x "
+                         f"{classes} = {groups * classes} numbers: leave z_dim out")
+    return groups * classes

@@ -80,6 +80,22 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+class Baseline(nn.Module):
+    r"""``x -> b(x)``, one number per example: the learned baseline that score-function
+    estimators subtract from a discrete draw's learning signal (Mnih & Gregor, 2014, "Neural
+    Variational Inference and Learning in Belief Networks", sec. 2.3: an input-dependent
+    baseline; its output bias learns the signal's average, the constant baseline). Pyro's
+    ``TraceGraph_ELBO`` trains it to the signal by squared error (``infer={"baseline":
+    {"nn_baseline": ..., "nn_baseline_input": x}}``)."""
+
+    def __init__(self, x_dim: int, hidden: int = 100, activation: str = "tanh"):
+        super().__init__()
+        self.net = mlp([x_dim, hidden, 1], activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
 # A conv stage: kernel 4, stride 2, padding 1 halves the height and width (rounding down).
 _KERNEL, _STRIDE, _PADDING = 4, 2, 1
 

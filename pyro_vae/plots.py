@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -24,6 +26,7 @@ from .evaluate import (
     reconstruction_means,
 )
 from .rundir import FIGURES, atomic_write, load_run, read_metrics
+from .traces import sample_sites
 
 DPI = 100
 
@@ -280,7 +283,14 @@ def plot_run(
         written.append(samples(prior_means(model, x, 64, y=rows(64)), data.image_shape,
                                figures / "samples.png",
                                title="decoder means of 64 draws z ~ p(z)"))
-        if list(latents.values()) == [2]:
+        classes = one_categorical(model, x, y=y)
+        if classes is not None:  # the manifold of a single categorical code: its classes
+            name, c = classes
+            means = decoded_means(model, torch.eye(c), x, site=name, y=rows(c))
+            written.append(image_grid(means, data.image_shape, figures / "classes.png",
+                                      ncol=c, title=f"decoder means of each of the {c} "
+                                      f"classes of {name!r}"))
+        elif list(latents.values()) == [2]:
             written.append(latent_manifold(lambda z: decoded_means(model, z, x, y=y),
                                            data.image_shape, figures / "latent_manifold.png"))
         else:
@@ -293,6 +303,17 @@ def plot_run(
     else:
         written.append(latent_embedding(z, data.y_test, figures / "latent_embedding.png"))
     return written, skipped
+
+
+def one_categorical(model, x: torch.Tensor, y=None) -> tuple[str, int] | None:
+    """``(site, C)`` where the model's one latent site is a single one-hot code of C classes
+    (its prior a ``OneHotCategorical``, no ``to_event``), else None."""
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(*((x[:1],) if y is None else (x[:1], y[:1])))
+    latent = [(name, site) for name, site in sample_sites(trace) if not site["is_observed"]]
+    if len(latent) != 1 or not isinstance(latent[0][1]["fn"], dist.OneHotCategorical):
+        return None
+    return latent[0][0], latent[0][1]["fn"].event_shape[-1]
 
 
 def _describe(latents: dict[str, int]) -> str:

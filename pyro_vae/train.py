@@ -201,6 +201,11 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if hasattr(elbo, "load_state_dict"):  # an estimator's own clock (a temperature)
+            if "estimator" not in state:
+                raise RunError(f"{run_dir / CHECKPOINT} holds no state of the estimator "
+                               f"{describe(elbo)}")
+            elbo.load_state_dict(state["estimator"])
         torch.set_rng_state(state["rng"]["torch"][world.rank])
         generator.set_state(state["rng"]["data"])
         if "cuda" in state["rng"]:
@@ -270,7 +275,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
         if writes:  # the checkpoint first: it holds this epoch's metrics too
             save_checkpoint(run_dir, _checkpoint(epoch, params, buffers, optimizer, scheduler,
-                                                 generator, rng, metrics))
+                                                 generator, rng, metrics, elbo))
             write_metrics(run_dir, metrics)
         if world.main and not quiet:
             print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
@@ -401,9 +406,10 @@ def _rng_state() -> dict:
 
 
 def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: list[dict],
-                metrics: list[dict]) -> dict:
+                metrics: list[dict], elbo) -> dict:
     """``rng``: each process's random state, in rank order (one entry in one process);
-    ``metrics``: every epoch's record up to this one, as ``metrics.jsonl`` holds them."""
+    ``metrics``: every epoch's record up to this one, as ``metrics.jsonl`` holds them;
+    the estimator's own state where it has one (``state_dict``: a temperature's clock)."""
     state = {
         "epoch": epoch,
         "metrics": metrics_text(metrics),
@@ -414,6 +420,8 @@ def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: li
     }
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
+    if hasattr(elbo, "state_dict"):
+        state["estimator"] = elbo.state_dict()
     if "cuda" in rng[0]:
         state["rng"]["cuda"] = [r["cuda"] for r in rng]
     return state
@@ -445,5 +453,13 @@ def _create_params(
     moved there (a module's parameters move with their module)."""
     args = next(as_arguments(data.eval_batches("train", 8, labels=labelled), labelled))
     with poutine.block():
-        elbo.loss(model, guide, *args)
+        try:
+            elbo.loss(model, guide, *args)
+        except NotImplementedError as e:  # Pyro's TraceMeanField_ELBO on a discrete guide
+            if "reparameterized" not in str(e):
+                raise
+            raise ValueError(f"{describe(elbo)} needs a guide whose every site can be "
+                             "reparameterized, and this guide draws a discrete latent: train "
+                             "it with 'trace', 'graph', 'vimco', 'gumbel', 'gumbel-st' or "
+                             "'enum'") from None
     return params_on(device)

@@ -74,7 +74,7 @@ def test_an_uncompilable_run_resumes_exactly(small_npz, tmp_path, elbo, particle
 
 @pytest.mark.parametrize(
     "flag, value, choices",
-    [("--likelihood", "poisson", LIKELIHOODS), ("--elbo", "vimco", ESTIMATORS)],
+    [("--likelihood", "poisson", LIKELIHOODS), ("--elbo", "reinforce", ESTIMATORS)],
 )
 def test_bad_names_exit_non_zero_and_list_the_choices(tmp_path, capsys, flag, value, choices):
     with pytest.raises(SystemExit) as e:
