@@ -267,7 +267,8 @@ def kl_per_dimension(guide: Callable, x: torch.Tensor, site: str | None = None,
 
 
 def gradient_snr(
-    model: Callable, guide: Callable, estimator: ELBO, x: torch.Tensor, num_draws: int = 100
+    model: Callable, guide: Callable, estimator: ELBO, x: torch.Tensor, num_draws: int = 100,
+    skip: tuple[str, ...] = (),
 ) -> dict[str, dict[str, float]]:
     r"""For the current parameters, draw ``estimator``'s gradient ``num_draws`` times and
     report for the guide's (``encoder``) and the model's (``decoder``) parameters:
@@ -277,9 +278,12 @@ def gradient_snr(
     - ``variance``: :math:`\sum \mathrm{Var}[g]` over the parameters.
 
     Gradients are those of the batch's summed loss, as in training; the parameters are
-    left without gradients, so a training step after this call is unaffected.
+    left without gradients, so a training step after this call is unaffected. Parameters
+    whose names start with one of ``skip`` are left out (a score-function baseline's, which
+    only one estimator trains).
     """
-    groups = {"encoder": _param_names(guide, x), "decoder": _param_names(model, x)}
+    groups = {role: [n for n in _param_names(fn, x) if not n.startswith(skip)]
+              for role, fn in (("encoder", guide), ("decoder", model))}
     wanted = {name for names in groups.values() for name in names}
     params = {n: p for n, p in pyro.get_param_store().named_parameters() if n in wanted}
     sums = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}

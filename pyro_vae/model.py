@@ -136,7 +136,7 @@ class VAE(nn.Module):
         pyro.module("likelihood", self.likelihood)
         self.likelihood.check(x)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x.new_zeros(x.shape[0])))
+            z = pyro.sample("z", self.latent_prior(x.shape[0], like=x))
             pyro.sample("x", self.likelihood(self.decoder(self.code(z))), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
@@ -144,18 +144,20 @@ class VAE(nn.Module):
         if self.baseline is not None:
             pyro.module("baseline", self.baseline)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.posterior(x), infer=self._infer(x))
+            pyro.sample("z", self.latent_posterior(x), infer=self._infer(x))
 
-    def prior(self, like: torch.Tensor) -> dist.Distribution:
-        """p(z), one per entry of ``like`` (a tensor of the batch's shape)."""
+    def latent_prior(self, n: int, like: torch.Tensor) -> dist.Distribution:
+        """p(z) for ``n`` examples: N(0, I), or the discrete codes' uniform prior (on the
+        device and in the dtype of ``like``)."""
         if self.latent == "categorical":
-            return self._one_hot(like.new_zeros(*like.shape, self.z_dim))  # uniform
+            return self._one_hot(like.new_zeros(n, self.z_dim))  # uniform
         if self.latent == "bernoulli":
-            return dist.Bernoulli(probs=like.new_full((*like.shape, self.z_dim), 0.5)).to_event(1)
-        return dist.Normal(like.new_zeros(*like.shape, self.z_dim), 1.0).to_event(1)
+            return dist.Bernoulli(probs=like.new_full((n, self.z_dim), 0.5)).to_event(1)
+        return dist.Normal(like.new_zeros(n, self.z_dim), 1.0).to_event(1)
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z | x) for the rows of ``x``."""
+    def latent_posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x) for the rows of ``x``: N(loc(x), diag scale(x)^2), or the discrete
+        codes' from the encoder's logits."""
         if self.latent == "gaussian":
             loc, scale = self.encoder(x)
             return dist.Normal(loc, scale).to_event(1)
@@ -192,12 +194,12 @@ class VAE(nn.Module):
     def sample(self, n: int) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` for ``n`` draws of the prior."""
         device = next(self.decoder.parameters()).device
-        return self.decode(self.prior(torch.zeros(n, device=device)).sample())
+        return self.decode(self.latent_prior(n, like=torch.zeros((), device=device)).sample())
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Means of :math:`p(x \\mid z)` at the guide's posterior mean of ``z``."""
-        return self.decode(self.posterior(x).mean)
+        return self.decode(self.latent_posterior(x).mean)
 
 
 def _code_size(latent: str, z_dim: int | None, groups: int | None,

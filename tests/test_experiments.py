@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from scripts import ROOT, load_script, run_quick
 
 EXPERIMENTS = ROOT / "experiments"
@@ -131,6 +132,40 @@ def test_estimator_study_quick(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "iwae-dreg-5, seed 1: done before" in printed and "epoch" not in printed.replace(
         "epoch(s)", "")
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_discrete_latents_study_quick(tmp_path):
+    study = _load("discrete_latents")
+    out = _run_quick("discrete_latents", tmp_path)
+    readme = (out / "README.md").read_text()
+    for case, estimators in study.ESTIMATORS.items():  # every run of two seeds, mean +- error
+        for configuration in estimators:
+            row = next(line for line in readme.splitlines()
+                       if line.startswith(f"| {case} | {configuration} |"))
+            assert row.startswith(f"| {case} | {configuration} | 2 | ") and " ± " in row
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * sum(map(len, study.ESTIMATORS.values()))
+    for row in rows:
+        assert row["error"] == ""
+        # the discrete ELBO below the IS-20 estimate (up to its noise), both finite
+        assert float(row["test_elbo"]) < float(row["is20_log_likelihood"]) + 5 < 0
+        assert float(row["encoder_snr"]) > 0
+        assert (row["accuracy"] != "") == (row["case"] == "mixture")
+        assert row["case"] != "mixture" or 0 < float(row["accuracy"]) <= 1
+    assert "Gumbel-S. | 105.0 | 101.5" in readme  # the paper's rows beside ours
+    assert (out / "elbo_vs_time.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_matched_accuracy_is_the_best_one_to_one_matching():
+    study = _load("discrete_latents")
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert study.matched_accuracy(torch.tensor([2, 2, 0, 0, 1, 1]), labels, 3) == 1.0
+    # cluster 0 holds most of label 1, but matching it to label 0 lets cluster 1 take
+    # label 1: 2 + 2 agreements beat the greedy 3 + 0
+    clusters, labels = torch.tensor([0, 0, 0, 0, 0, 1, 1]), torch.tensor([1, 1, 1, 0, 0, 1, 1])
+    assert study.matched_accuracy(clusters, labels, 2) == 4 / 7
 
 
 @pytest.mark.usefixtures("mnist_binary")
