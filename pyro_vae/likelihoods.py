@@ -82,6 +82,11 @@ class _LogitBernoulli(dist.Bernoulli):
     support = constraints.unit_interval
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if type(self.logits) is not torch.Tensor or type(value) is not torch.Tensor:
+            # A tensor subclass (Pyro's provenance tracking of discrete draws, in
+            # TraceGraph_ELBO) reaches its data through torch functions, not through a
+            # custom autograd Function, which would cut the decoder off from its gradient
+            return value * self.logits - F.softplus(self.logits)
         return _BernoulliLogMass.apply(self.logits, value)
 
 
