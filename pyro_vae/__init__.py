@@ -6,11 +6,19 @@ from .config import Config
 from .data import DATASETS, DataError, Dataset, fetch, load_dataset
 from .estimators import ESTIMATORS, make_elbo
 from .evaluate import active_units, elbo, gradient_snr, kl_per_dimension, log_likelihood
-from .iwae import DReG, ImportanceWeightedELBO, RenyiELBO, StickingTheLanding, TailAdaptiveELBO
+from .iwae import (
+    VIMCO,
+    DReG,
+    ImportanceWeightedELBO,
+    RenyiELBO,
+    StickingTheLanding,
+    TailAdaptiveELBO,
+)
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import VAE
 from .networks import Decoder, Encoder
 from .refinement import Refined, refine
+from .relaxed import GumbelSoftmaxELBO, Temperature
 from .rundir import RunError, load_run
 from .schedules import SCHEDULES
 from .spec import ModelSpec, build_model
@@ -28,6 +36,7 @@ __all__ = [
     "DReG",
     "Decoder",
     "Encoder",
+    "GumbelSoftmaxELBO",
     "ImportanceWeightedELBO",
     "Likelihood",
     "ModelSpec",
@@ -36,8 +45,10 @@ __all__ = [
     "RunError",
     "StickingTheLanding",
     "TailAdaptiveELBO",
+    "Temperature",
     "TensorBoard",
     "VAE",
+    "VIMCO",
     "active_units",
     "ais_log_likelihood",
     "bdmc",
