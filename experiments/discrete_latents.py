@@ -30,7 +30,8 @@ exact by enumeration for the mixture's component; all 10,000 test images), the I
 log-likelihood with the guide as proposal (K = --is-samples on the first --is-examples test
 images), the encoder's gradient SNR and variance after training (--snr-draws draws of the
 training estimator on one batch of 100 training images; the baseline network left out),
-seconds per epoch, and after every epoch the test ELBO of 1,000 test images (a callback
+seconds per epoch (gumbel's include the extra pass that reports its discrete bound),
+and after every epoch the test ELBO of 1,000 test images (a callback
 whose draws leave training's random stream alone) for the comparison at equal wall-clock
 time. Each run directory keeps its result (result.json): a stopped study resumes.
 
@@ -57,6 +58,7 @@ from torch import nn
 
 from pyro_vae import VAE, Callback, Config, elbo, fit, gradient_snr, load_dataset, log_likelihood
 from pyro_vae.networks import Baseline, mlp
+from pyro_vae.rundir import load_checkpoint
 
 CASES = ("categorical", "bernoulli", "mixture")
 ESTIMATORS = {"categorical": ["graph", "vimco-5", "gumbel", "gumbel-st"],
@@ -172,6 +174,10 @@ def run(case: str, configuration: str, seed: int, data, args) -> dict:
         row = json.loads(saved.read_text())
         if row.get("settings") == settings(args):
             print(f"{case} {configuration}, seed {seed}: done before, read from {saved}")
+            if "snr_steps" not in row:  # of a study that measured gumbel's SNR at tau_0
+                row["snr"], row["snr_steps"] = trained_snr(case, configuration, seed, data,
+                                                           args, run_dir)
+                saved.write_text(json.dumps(row, indent=1))
             return row
     row = dict(case=case, configuration=configuration, seed=seed, error="", curve=[],
                settings=settings(args))
@@ -192,9 +198,7 @@ def run(case: str, configuration: str, seed: int, data, args) -> dict:
         for m in metrics:
             seconds += m["seconds"]
             row["curve"].append(dict(epoch=m["epoch"], seconds=seconds, elbo=m["curve_elbo"]))
-        x_snr = next(data.eval_batches("train", 100))
-        row["snr"] = gradient_snr(built.model, built.guide, config.make_elbo(), x_snr,
-                                  args.snr_draws, skip=("baseline",))["encoder"]
+        row["snr"], row["snr_steps"] = snr(built, config, data, args, run_dir)
         row["test_elbo"] = elbo(built.model, built.guide, data)
         x_is = next(data.eval_batches("test", args.is_examples))
         row["log_likelihood"] = log_likelihood(built.model, built.guide, x_is, args.is_samples,
@@ -212,6 +216,30 @@ def run(case: str, configuration: str, seed: int, data, args) -> dict:
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
         print(f"{case} {configuration}, seed {seed}: FAILED  {row['error']}", flush=True)
     return row
+
+
+def snr(built, config, data, args, run_dir) -> tuple[dict, int]:
+    """The encoder's gradient SNR of the training estimator as it ended training: an
+    estimator with a clock (gumbel's temperature) at the checkpoint's step, on a copy, so
+    that measuring advances nothing. Returns it with that step (0 without a clock)."""
+    estimator = config.make_elbo()
+    steps = 0
+    if hasattr(estimator, "load_state_dict"):
+        estimator.load_state_dict(load_checkpoint(run_dir)["estimator"])
+        steps = estimator.steps
+    x = next(data.eval_batches("train", 100))
+    return gradient_snr(built.model, built.guide, estimator, x, args.snr_draws,
+                        skip=("baseline",))["encoder"], steps
+
+
+def trained_snr(case, configuration, seed, data, args, run_dir) -> tuple[dict, int]:
+    """:func:`snr` of a finished run, its parameters restored from its checkpoint."""
+    name, k = parse(configuration)
+    config = Config(**TRAINING, elbo=name, particles=k, seed=seed, epochs=args.epochs)
+    pyro.set_rng_seed(seed)
+    built = build(case, args.quick)
+    fit(built.model, built.guide, data, config, run_dir, resume=True, quiet=True)
+    return snr(built, config, data, args, run_dir)
 
 
 # ---------------------------------------------------------------- statistics and output
@@ -351,7 +379,8 @@ def write_outputs(rows, args, data) -> None:
         f"- IS-{args.is_samples} NLL: −log (1/K) Σ p(x, z_k)/q(z_k|x), z_k from the guide, "
         f"K = {args.is_samples}, the first {args.is_examples} test images;",
         f"- encoder SNR and variance: {args.snr_draws} draws of the training estimator's "
-        "gradient on one batch of 100 training images after training, |mean|/std averaged "
+        "gradient on one batch of 100 training images after training (gumbel's at the "
+        "temperature its training ended at), |mean|/std averaged "
         "over the encoder's parameters (the baseline network left out), and the summed "
         "variance;",
         "- accuracy (mixture): argmax q(c | x) on all test images, clusters matched one to "

@@ -263,7 +263,9 @@ def make_elbo(
                          "so it draws them together: it needs vectorized particles")
     options = dict(
         num_particles=num_particles,
-        vectorize_particles=vectorize_particles and num_particles > 1,
+        # graph's baselines are one number per data point (Pyro compares their shape with
+        # the learning signal's), so its particles are drawn one by one
+        vectorize_particles=vectorize_particles and num_particles > 1 and name != "graph",
     )
     if name == "renyi":
         return iwae.RenyiELBO(num_particles, alpha=alpha)

@@ -21,6 +21,7 @@ from .evaluate import (
     decoded_means,
     labels_for,
     latent_dims,
+    latent_site,
     posterior_means,
     prior_means,
     reconstruction_means,
@@ -290,11 +291,12 @@ def plot_run(
             written.append(image_grid(means, data.image_shape, figures / "classes.png",
                                       ncol=c, title=f"decoder means of each of the {c} "
                                       f"classes of {name!r}"))
-        elif list(latents.values()) == [2]:
+        elif list(latents.values()) == [2] and _continuous(model, x, y):
             written.append(latent_manifold(lambda z: decoded_means(model, z, x, y=y),
                                            data.image_shape, figures / "latent_manifold.png"))
         else:
-            skipped.append("latent_manifold.png: it needs one latent site of 2 dimensions; "
+            skipped.append("latent_manifold.png: it needs one continuous latent site of 2 "
+                           "dimensions; "
                            f"this model has {_describe(latents)}")
     try:
         z = posterior_means(guide, x, y=y)
@@ -314,6 +316,14 @@ def one_categorical(model, x: torch.Tensor, y=None) -> tuple[str, int] | None:
     if len(latent) != 1 or not isinstance(latent[0][1]["fn"], dist.OneHotCategorical):
         return None
     return latent[0][0], latent[0][1]["fn"].event_shape[-1]
+
+
+def _continuous(model, x, y) -> bool:
+    try:
+        latent_site(model, x, y)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(latents: dict[str, int]) -> str:

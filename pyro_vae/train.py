@@ -213,6 +213,8 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         metrics = [m for m in state["metrics"] if m["epoch"] <= state["epoch"]]
         first_epoch = state["epoch"] + 1
     else:
+        if hasattr(elbo, "reset"):  # an estimator's clock starts with the run
+            elbo.reset()
         if writes:
             write_config(run_dir, config, recorded)
             write_model(run_dir, spec)

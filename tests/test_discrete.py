@@ -7,6 +7,7 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pyro.infer.util
 import pytest
 import torch
 
@@ -304,3 +305,36 @@ def test_graph_gives_the_decoder_the_gradient_trace_gives_it(mnist_small):
     assert len(grads["graph"]) == len(grads["trace"]) == 4
     for n, g in grads["trace"].items():
         assert g.abs().sum() > 0 and torch.allclose(grads["graph"][n], g, atol=1e-5)
+
+
+def test_graph_with_particles_draws_them_one_by_one_beside_a_baseline(mnist_small):
+    # a baseline is one number per data point: vectorized particles would give the learning
+    # signal a particle dimension the baseline does not have
+    elbo = make_elbo("graph", num_particles=3)
+    assert not elbo.vectorize_particles
+    vae = VAE(hidden=[16], latent="bernoulli", z_dim=6)
+    x = next(mnist_small.eval_batches("train", 20))
+    assert math.isfinite(elbo.loss_and_grads(vae.model, vae.guide, x))
+
+
+def test_the_test_elbo_of_a_binary_code_is_reported_with_validation_on(mnist_small):
+    from pyro_vae import elbo
+
+    vae = VAE(hidden=[16], latent="bernoulli", z_dim=6)
+    assert pyro.infer.util.is_validation_enabled()
+    assert -800 < elbo(vae.model, vae.guide, mnist_small.subset(test=50)) < -300
+
+
+def test_gumbel_refuses_a_guide_with_nothing_to_relax():
+    vae = VAE(x_dim=3, hidden=[4], z_dim=2)
+    with pytest.raises(ValueError, match="draws none: train a continuous code"):
+        make_elbo("gumbel").loss_and_grads(vae.model, vae.guide, torch.rand(5, 3).round())
+
+
+def test_a_new_run_starts_the_temperature_clock_again(mnist_small, tmp_path):
+    elbo = GumbelSoftmaxELBO()
+    elbo.steps = 10**6  # left over from another run
+    vae = VAE(hidden=[16], latent="categorical", groups=2, classes=3)
+    fit(vae.model, vae.guide, mnist_small.subset(train=200, test=50),
+        Config(epochs=1, batch_size=100, elbo=None), tmp_path / "run", quiet=True, elbo=elbo)
+    assert elbo.steps == 2
