@@ -1,7 +1,7 @@
 """Discrete latents: categorical and binary codes, and a mixture that enumeration sums out,
 each trained by every estimator that fits it, over several seeds at an equal budget.
 
-    .venv/bin/python experiments/discrete_latents.py            # 3 cases x 4 estimators x 3 seeds
+    .venv/bin/python experiments/discrete_latents.py            # 3 cases x 4 estimators x 3 seeds, 5 epochs, 64 min
     .venv/bin/python experiments/discrete_latents.py --cases categorical --epochs 30
     .venv/bin/python experiments/discrete_latents.py --quick    # seconds (tests)
 
@@ -423,7 +423,7 @@ def write_outputs(rows, args, data) -> None:
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--is-samples", type=int, default=5000)
     parser.add_argument("--is-examples", type=int, default=1000)
