@@ -121,7 +121,7 @@ def test_sites_scaled_differently_and_non_reparameterized_guides_are_refused(vae
             pyro.sample("c", dist.Bernoulli(0.3 * torch.ones(x.shape[0])))
 
     with pytest.raises(ValueError, match="guide site 'c' \\(Bernoulli\\) cannot be "
-                                         "reparameterized.*use 'trace' or 'graph'"):
+                                         "reparameterized.*use 'vimco'.*'graph', 'trace'"):
         make_elbo("iwae-dreg", num_particles=2).loss(discrete_model, discrete_guide, x)
 
     def global_model(x):  # a latent outside the data plate has no per-point weight

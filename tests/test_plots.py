@@ -89,5 +89,5 @@ def test_plot_run_skips_what_does_not_apply_with_a_reason(tmp_path, mnist_small)
         quiet=True)
     written, skipped = plot_run(tmp_path / "run")
     assert "latent_manifold.png" not in {p.name for p in written}
-    assert skipped == ["latent_manifold.png: it needs one latent site of 2 dimensions; this "
-                       "model has site 'z' of 3 dimensions"]
+    assert skipped == ["latent_manifold.png: it needs one continuous latent site of 2 "
+                       "dimensions; this model has site 'z' of 3 dimensions"]
