@@ -252,20 +252,30 @@ def test_route_to_88_quick(tmp_path, capsys):
 def test_semi_supervised_quick(tmp_path):
     import json
 
-    out = _run_quick("semi_supervised", tmp_path)
-    result = json.loads((out / "results" / "labels-100.json").read_text())
-    assert result["labels"] == 100 and result["epochs"] == 2
-    assert 0 <= result["test_error"] < 90  # better than chance after two quick epochs
+    out = _run_quick("semi_supervised", tmp_path)  # a validation run: the test set unread
+    [path] = (out / "validation").glob("labels-100*.json")
+    result = json.loads(path.read_text())
+    assert result["labels"] == 100 and result["epochs"] == 2 and "test_error" not in result
+    assert result["training_images"] == 1500  # the quick 2,000 less 500 held out
+    assert 0 <= result["validation_error"] < 90  # better than chance after two quick epochs
     assert [c["epoch"] for c in result["curve"]] == [1, 2]
-    assert result["test_bound"] < 0  # a bound on log p(x) of unlabelled images, y summed out
+    assert result["validation_bound"] < 0  # a bound on log p(x), y summed out
     readme = (out / "README.md").read_text()
-    assert "| 100 | 11.97 ± 1.71 |" in readme and f"| {result['test_error']:.2f} |" in readme
-    for png in ("test_error.png", "style-100.png"):
-        assert (out / png).read_bytes().startswith(b"\x89PNG") and f"]({png})" in readme
-    # the run resumes: more epochs continue it, the same epochs change nothing
-    _run_quick("semi_supervised", tmp_path)
-    again = json.loads((out / "results" / "labels-100.json").read_text())
-    assert again["epochs"] == 2 and again["test_error"] == result["test_error"]
+    assert "(no final run yet)" in readme and f"| {result['validation_error']:.2f} |" in readme
+    assert (out / "validation_error.png").read_bytes().startswith(b"\x89PNG")
+    # the final run of the same settings is that run, its test set read once at the end
+    _run_quick("semi_supervised", tmp_path, "--test")
+    final = json.loads((out / "results" / path.name).read_text())
+    assert final["epochs"] == 2 and final["validation_error"] == result["validation_error"]
+    assert 0 <= final["test_error"] < 90
+    readme = (out / "README.md").read_text()
+    assert f"| 100 | 6.81 | 11.97 ± 1.71 | 3.33 ± 0.14 | {final['test_error']:.2f} |" in readme
+    assert (out / "style-100.png").read_bytes().startswith(b"\x89PNG")
+    # grey levels under the Bernoulli log-mass train too, under a name of their own
+    _run_quick("semi_supervised", tmp_path, "--pixels", "grey", "--repeat", "1")
+    grey = json.loads(next((out / "validation").glob("*pixelsgrey*")).read_text())
+    assert grey["pixels"] == "grey" and grey["repeat"] == 1 and grey["validation_bound"] < 0
+    assert "pixels grey" in (out / "README.md").read_text()
 
 
 @pytest.mark.usefixtures("mnist_binary")
