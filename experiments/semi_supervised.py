@@ -3,7 +3,7 @@ Mohamed & Welling (2014), "Semi-Supervised Learning with Deep Generative Models"
 with 100, 600, 1000 and 3000 labels.
 
     .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10     # validation
-    .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10 --repeat 1
+    .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10 --batches mixed
     .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10 --test  # final
     .venv/bin/python experiments/semi_supervised.py --quick          # seconds (tests)
 
@@ -28,8 +28,11 @@ the grey levels themselves scored by the Bernoulli log-mass, as Pyro's tutorial 
 first 50,000 training images train, of which ``--labels`` keep their label: the same number
 from each class, drawn by ``--label-seed`` (0); the last 10,000 are the validation split,
 scored by the classifier after every epoch, where every setting is chosen (as the paper and
-Pyro's tutorial hold them out). The labelled images are appended to the training set
-``--repeat`` - 1 more times (default: as many as make them about half of every batch).
+Pyro's tutorial hold them out). Both are ``Dataset.held_out`` and ``Dataset.keep_labels``,
+recorded in the run, so ``pyro-vae evaluate RUN --model experiments/semi_supervised.py:M2``
+opens it on the same split. Each labelled image is seen ``--repeat`` times an epoch, in
+batches of labelled images alone spread among the unlabelled ones (``--batches separate``,
+Pyro's SS-VAE) or shuffled in with them (``--batches mixed``).
 Networks as in Pyro's example: one hidden layer of 500 softplus units in the classifier, the
 encoder of z (input: x and y one-hot) and the decoder (input: z and y one-hot); 50 latent
 dimensions; Adam ``--lr`` 4.2e-4; ``--batch-size`` 200.
@@ -51,7 +54,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pyro
@@ -64,6 +67,7 @@ from matplotlib.ticker import NullFormatter
 from torch import nn
 
 from pyro_vae import Callback, Config, build_model, fit, load_dataset
+from pyro_vae.data import Dataset
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
 
@@ -153,33 +157,56 @@ class M2(nn.Module):
         return torch.sigmoid(self.decoder(concat(loc[:, None, :], classes)))
 
 
-def semi_supervised(data, n: int, seed: int, repeat: int | None):
-    """``data`` with ``n`` training labels kept (:func:`balanced_labels`) and, appended to the
-    training images, the labelled ones ``repeat`` - 1 more times (None: as many times as
-    make the labelled images about half of every batch); the test labels hidden, so that
-    the test loss is the bound on log p(x) of unlabelled images."""
-    y = balanced_labels(data.y_train, n, seed)
-    labelled = torch.nonzero(y >= 0).flatten()
-    if repeat is None:
-        repeat = max(1, round((len(y) - n) / n))
-    extra = labelled.repeat(repeat - 1)
-    return replace(data, x_train=torch.cat([data.x_train, data.x_train[extra]]),
-                   y_train=torch.cat([y, y[extra]]), y_test=torch.full_like(data.y_test, -1),
-                   source=None, fixed=None)  # made here: load_dataset cannot make it again
+@dataclass
+class LabelledBatches(Dataset):
+    """A semi-supervised dataset (labels ``-1`` where unknown) as ``fit`` trains on it:
+    each labelled image seen ``repeat`` times an epoch, either in batches of their own
+    spread evenly among the unlabelled ones (``separate``, Pyro's SS-VAE,
+    ``examples/vae/ss_vae_M2.py``: a labelled batch is then a step of its own, whose
+    classification term is not averaged into 200 unlabelled images), or shuffled in with
+    them (``mixed``). The test split's labels are hidden from the model (``-1``), so that
+    fit's test loss is the bound on log p(x) of unlabelled images; the data themselves,
+    and what a run records of them, are the dataset's."""
 
+    repeat: int = 1
+    separate: bool = True
 
-def balanced_labels(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``y`` with all but ``n`` labels set to -1: ``n / 10`` kept in each class, the rows
-    drawn by ``seed``."""
-    if n % CLASSES or not 0 < n <= len(y):
-        raise SystemExit(f"--labels {n}: must be a positive multiple of {CLASSES}, at most "
-                         f"{len(y)}")
-    generator = torch.Generator().manual_seed(seed)
-    kept = torch.cat([rows[torch.randperm(len(rows), generator=generator)[: n // CLASSES]]
-                      for rows in (torch.nonzero(y == c).flatten() for c in range(CLASSES))])
-    masked = torch.full_like(y, -1)
-    masked[kept] = y[kept]
-    return masked
+    @classmethod
+    def of(cls, data: Dataset, repeat: int, separate: bool) -> LabelledBatches:
+        return cls(**{f.name: getattr(data, f.name) for f in fields(data)}, repeat=repeat,
+                   separate=separate)
+
+    def batches(self, split, batch_size, generator=None, shuffle=True, labels=False):
+        if split != "train" or not shuffle:
+            yield from super().batches(split, batch_size, generator, shuffle, labels)
+            return
+        x, y = self.x_train, self.y_train
+        known = torch.nonzero(y >= 0).flatten().repeat(self.repeat)
+        unknown = torch.nonzero(y < 0).flatten()
+        shuffled = lambda rows: rows[torch.randperm(len(rows), generator=generator,  # noqa
+                                                    device=rows.device)]
+        if self.separate:
+            plain = list(shuffled(unknown).split(batch_size))
+            marked = list(shuffled(known).split(batch_size))
+            # labelled batch j comes after about (j + 1/2) / len(marked) of the unlabelled ones
+            at = {min(len(plain) - 1, int((j + 0.5) * len(plain) / len(marked))): j
+                  for j in range(len(marked))}
+            order = [b for i, rows in enumerate(plain)
+                     for b in ([marked[at[i]]] if i in at else []) + [rows]]
+            order += [marked[j] for j in range(len(marked)) if j not in at.values()]
+        else:
+            order = shuffled(torch.cat([unknown, known])).split(batch_size)
+        for rows in order:
+            batch = x[rows]
+            if self.binarize:
+                batch = torch.bernoulli(batch, generator=generator)
+            yield (batch, y[rows]) if labels else batch
+
+    def eval_batches(self, split, batch_size, labels=False):
+        for batch in super().eval_batches(split, batch_size, labels):
+            if labels and split == "test":
+                batch = (batch[0], torch.full_like(batch[1], -1))
+            yield batch
 
 
 class ValidationError(Callback):
@@ -204,23 +231,15 @@ def machine() -> str:
 # ---------------------------------------------------------------- the study
 
 
-def held_out(data, n: int):
-    """``data`` trained on all but its last ``n`` training images, which become its test
-    split (so that fit's per-epoch test loss is the validation bound), and their labels."""
-    x, y = data.x_train, data.y_train
-    return replace(data, x_train=x[:-n], y_train=y[:-n], x_test=x[-n:], y_test=y[-n:],
-                   source=None, fixed=None), y[-n:]
-
-
 def run(n_labels: int, args, data) -> dict:
     """Train (or resume) the run of ``n_labels`` labels up to ``args.epochs`` on the first
     50,000 training images, its classifier scored on the last 10,000 after every epoch;
     with ``--test``, the test set is read once, after the last epoch. Its result."""
     name = run_name(n_labels, args)
     run_dir = args.out / "runs" / name
-    train, y_valid = held_out(data, args.validation)
-    semi = semi_supervised(train, n_labels, args.label_seed, args.repeat)
-    x_valid = next(train.eval_batches("test", len(train.x_test)))  # one fixed binarization
+    train = data.held_out(args.validation).keep_labels(n_labels, args.label_seed)
+    semi = LabelledBatches.of(train, args.repeat, separate=args.batches == "separate")
+    x_valid, y_valid = train.evaluation("test"), train.y_test  # one fixed binarization
     pyro.set_rng_seed(args.seed)
     m2 = build_model(M2, x_dim=data.x_dim, z_dim=50, hidden=args.hidden, alpha=args.alpha,
                      grey=args.pixels == "grey")
@@ -236,7 +255,8 @@ def run(n_labels: int, args, data) -> dict:
     minutes = sum(m["seconds"] for m in metrics) / 60
     result = dict(
         labels=n_labels, label_seed=args.label_seed, seed=args.seed, alpha=args.alpha,
-        repeat=args.repeat, pixels=args.pixels, lr=args.lr, batch_size=args.batch_size,
+        repeat=args.repeat, batches=args.batches, pixels=args.pixels, lr=args.lr,
+        batch_size=args.batch_size,
         hidden=args.hidden, epochs=len(metrics), training_images=len(train.x_train),
         validation_error=metrics[-1]["validation_error"],
         validation_bound=-metrics[-1]["test_loss"], training_minutes=minutes,
@@ -401,9 +421,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=50.0,
                         help="weight of each labelled image's classification term")
     parser.add_argument("--hidden", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="times each labelled image is seen per epoch (default: as many "
-                        "as make labelled images about half of each batch)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="times each labelled image is seen per epoch")
+    parser.add_argument("--batches", choices=["separate", "mixed"], default="separate",
+                        help="separate: labelled images in batches of their own among the "
+                        "unlabelled ones (Pyro's SS-VAE); mixed: shuffled in with them")
     parser.add_argument("--pixels", choices=["binary", "grey"], default="binary",
                         help="binary: dynamically binarized images; grey: the grey levels "
                         "themselves under the Bernoulli log-mass, as Pyro's tutorial")
@@ -423,7 +445,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The settings a run's name and the README's "settings" column report when changed.
-KNOBS = ("seed", "label_seed", "alpha", "hidden", "repeat", "pixels", "lr", "batch_size")
+KNOBS = ("seed", "label_seed", "alpha", "hidden", "repeat", "batches", "pixels", "lr",
+         "batch_size")
 DEFAULTS = {k: parser().get_default(k) for k in KNOBS}
 
 
@@ -437,7 +460,7 @@ def arguments() -> argparse.Namespace:
                 "non-negative")
     if not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}")
-    if args.repeat is not None and args.repeat < 1:
+    if args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
     return args
 

@@ -224,6 +224,7 @@ def evaluate(args: argparse.Namespace) -> int:
         kl_per_dimension,
         labels_for,
         log_likelihood,
+        semi_supervised,
         standard_normal_prior,
     )
     from .plots import kl_bars
@@ -244,11 +245,25 @@ def evaluate(args: argparse.Namespace) -> int:
         data = data.subset(**{args.split: args.examples})
     x = torch.cat(list(data.eval_batches(args.split, 1000)))  # one fixed binarization
     y = labels_for(model, guide, data, args.split)  # None for a model of x alone
+    # a semi-supervised model: log p(x) with every label hidden, its classifier scored
+    classify = built.classify if y is not None and semi_supervised(built) else None
+    classified = None
+    if classify is not None:
+        with torch.no_grad():
+            predicted = torch.cat([classify(batch) for batch in x.split(1000)])
+        known = y >= 0
+        if not known.any():
+            raise ValueError(f"the {args.split} split has no labels to score the classifier "
+                             "of this semi-supervised model against")
+        classified = {"classification_error": 100.0 * (predicted[known] != y[known])
+                      .double().mean().item(), "classified_examples": int(known.sum())}
+        y = torch.full_like(y, -1)
     if y is not None and args.ais_steps:
         raise ValueError("--ais-steps: AIS is implemented for models of x alone; this model "
                          "takes labels (x, y)")
     binarization = f"one fixed draw, seed {EVAL_SEED}" if data.binarize else "none"
-    bound = elbo(model, guide, data, split=args.split)
+    conditional = y is not None and classified is None  # an estimate of log p(x | y)
+    bound = elbo(model, guide, data, split=args.split, hide_labels=classify is not None)
     ll = log_likelihood(model, guide, x, num_samples=args.is_samples, seed=args.seed,
                         memory_mb=args.memory_mb, progress=sys.stderr.isatty(), y=y)
     ll_mean, ll_stderr = ll.mean().item(), (ll.std() / len(ll) ** 0.5).item()
@@ -287,6 +302,9 @@ def evaluate(args: argparse.Namespace) -> int:
             skipped.append(f"KL per dimension: {e}")
     result = {
         "split": args.split,
+        # a run trained with a validation split held out (Dataset.held_out) is evaluated
+        # on it: its "test" split
+        "validation": (data.source or {}).get("validation"),
         "examples": x.shape[0],
         "binarization": binarization,
         "elbo": bound,
@@ -295,8 +313,10 @@ def evaluate(args: argparse.Namespace) -> int:
             elbo_estimator(guide, *((x[:1],) if y is None else (x[:1], y[:1])))] + ", 1 particle",
         "log_likelihood": ll_mean,
         "log_likelihood_stderr": ll_stderr,
-        "log_likelihood_estimator": f"IS-{args.is_samples}, seed {args.seed}"
-                                    + (", of log p(x | y)" if y is not None else ""),
+        "log_likelihood_estimator": f"IS-{args.is_samples}, seed {args.seed}" + (
+            ", of log p(x), y a latent variable" if classified else
+            ", of log p(x | y)" if conditional else ""),
+        **(classified or {}),
         "gap": ll_mean - bound,
         "active_units": active,
         "active_unit_threshold": 0.01,
@@ -309,10 +329,17 @@ def evaluate(args: argparse.Namespace) -> int:
     }
     atomic_write_text(run_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
     print(f"{args.split} split, {x.shape[0]} examples, binarization: {binarization}")
+    if result["validation"] and args.split == "test":
+        print(f"  (this run's test split is its validation split: the last "
+              f"{result['validation']} training images of {data.name}, held out)")
     print(f"  ELBO                        {bound:10.3f} nats per example "
           f"({result['elbo_estimator']})")
     print(f"  IS-{args.is_samples} log-likelihood   {ll_mean:10.3f} +- {ll_stderr:.3f} "
-          f"(standard error; seed {args.seed}{'; of log p(x | y)' if y is not None else ''})")
+          f"(standard error; seed {args.seed}{'; of log p(x | y)' * conditional})")
+    if classified:
+        print(f"  classifier q(y | x) error   {classified['classification_error']:10.2f} % "
+              f"of {classified['classified_examples']} labelled examples (y summed out "
+              "above: labels hidden)")
     print(f"  gap log p(x) - ELBO         {result['gap']:10.3f}")
     if ais:
         print(f"  AIS log-likelihood          {ais['ais_log_likelihood']:10.3f} +- "

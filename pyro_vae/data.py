@@ -96,7 +96,8 @@ class Dataset:
     # None for plain vectors (a .csv file, a .npz file of (N, D))
     image_shape: tuple[int, int, int] | None = None
     binarize: bool = False  # dynamic binarization: each training batch a fresh Bernoulli draw
-    # load_dataset's arguments ({"name": ..., "image_size": ...}) and the subset taken
+    # load_dataset's arguments ({"name": ..., "image_size": ...}), the subset taken, the
+    # validation split held out and the labels kept (held_out, keep_labels)
     source: dict | None = None
     # With binarize: each split's one evaluation binarization (uint8, 0 or 1), drawn once at
     # load time on the CPU from EVAL_SEED; every evaluation reads it (eval_batches).
@@ -197,6 +198,51 @@ class Dataset:
             source=source,
         )
 
+    def held_out(self, n: int) -> Dataset:
+        """The last ``n`` training examples as the test split (a validation split, where
+        settings are chosen without reading the test set), the rest as the training split.
+        Recorded in ``source``, so that a run on it opens on the same split."""
+        if not 0 < n < self.x_train.shape[0]:
+            raise DataError(f"a validation split of {n} examples: it must leave some of the "
+                            f"{self.x_train.shape[0]} training examples (1 to "
+                            f"{self.x_train.shape[0] - 1})")
+        x, y = self.x_train, self.y_train
+        return replace(self, x_train=x[:-n], x_test=x[-n:],
+                       y_train=None if y is None else y[:-n],
+                       y_test=None if y is None else y[-n:], fixed=None,
+                       source=self._derived("validation", n))
+
+    def keep_labels(self, n: int, seed: int = 0) -> Dataset:
+        """The training split with all but ``n`` of its labels hidden (``-1``): ``n / C`` of
+        each of the C classes, the rows drawn by ``seed`` (a semi-supervised dataset). The
+        test labels stay. Recorded in ``source``."""
+        y = self.labels("train")
+        classes = int(y.max()) + 1
+        if n % classes or not 0 < n <= len(y):
+            raise DataError(f"keep {n} labels: it must be a positive multiple of the {classes} "
+                            f"classes, at most {len(y)}")
+        generator = torch.Generator().manual_seed(seed)
+        per_class = [torch.nonzero(y == c).flatten() for c in range(classes)]
+        short = [c for c, rows in enumerate(per_class) if len(rows) < n // classes]
+        if short:
+            raise DataError(f"keep {n} labels ({n // classes} a class): class {short[0]} has "
+                            f"only {len(per_class[short[0]])} training examples")
+        kept = torch.cat([rows[torch.randperm(len(rows), generator=generator)[: n // classes]]
+                          for rows in per_class])
+        masked = torch.full_like(y, -1)
+        masked[kept] = y[kept]
+        return replace(self, y_train=masked,
+                       source=self._derived("labels", {"kept": n, "seed": seed}))
+
+    def _derived(self, key: str, value) -> dict | None:
+        """``source`` with one more derivation recorded; None (made in Python) stays None."""
+        if self.source is None:
+            return None
+        if self.source.get(key) is not None:
+            raise DataError(f"the data already have {key} {self.source[key]!r}: derive them "
+                            f"once")
+        return {**self.source, key: value}
+
     def to(self, device: str | torch.device) -> Dataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(
@@ -261,6 +307,10 @@ def load_recorded(recorded: dict) -> Dataset:
     data = load_dataset(source["name"], image_size=source.get("image_size"))
     if source.get("subset"):
         data = data.subset(**source["subset"])
+    if source.get("validation"):
+        data = data.held_out(source["validation"])
+    if source.get("labels"):
+        data = data.keep_labels(source["labels"]["kept"], source["labels"]["seed"])
     changed = differences(recorded, data)
     if changed:
         raise DataError(f"the data {source['name']!r} differ from the ones the run trained on: "

@@ -50,6 +50,7 @@ def elbo(
     num_particles: int = 1,
     batch_size: int = 500,
     seed: int = 0,
+    hide_labels: bool = False,
 ) -> float:
     r"""The ELBO :math:`\mathbb{E}_q[\log p(x, z) - \log q(z \mid x)]` of ``split`` in nats
     per example, on one fixed binarization (seed :data:`~pyro_vae.data.EVAL_SEED`) for
@@ -60,13 +61,19 @@ def elbo(
     two-layer VAE of experiments/iwae_paper.py); a guide with a site marked for enumeration
     gets ``TraceEnum_ELBO``, and so does a guide whose discrete sites can all be enumerated
     (one categorical code, a mixture's component): they are then summed out exactly. A model
-    of ``(x, y)`` is given each batch's labels. The latent draws come from ``seed``; the
-    caller's random state is left as it was."""
+    of ``(x, y)`` is given each batch's labels, or with ``hide_labels`` the label ``-1``
+    (unknown) for every example: the bound on log p(x) of a semi-supervised model, whose y is
+    then a latent variable. The latent draws come from ``seed``; the caller's random state
+    is left as it was."""
     labelled = takes_labels(model, guide)
     first = next(as_arguments(data.eval_batches(split, 1, labels=labelled), labelled))
+    if labelled and hide_labels:
+        first = (first[0], torch.full_like(first[1], -1))
     name = elbo_estimator(guide, *first)
     estimator = make_elbo(name, num_particles=num_particles)
     batches = data.eval_batches(split, batch_size, labels=labelled)
+    if labelled and hide_labels:
+        batches = ((x, torch.full_like(y, -1)) for x, y in batches)
     # TraceMeanField_ELBO's closed-form KL is right for a discrete code too (a Bernoulli
     # code, several one-hot groups); only its validation asks for reparameterized draws,
     # which a loss without gradients does not need
@@ -189,6 +196,14 @@ def labels_for(model: Callable, guide: Callable, data: Dataset, split: str = "te
     """The labels of ``split`` (file order, as :meth:`Dataset.eval_batches`) for a pair of
     ``(x, y)``; None for a pair of ``x`` alone."""
     return data.labels(split) if takes_labels(model, guide) else None
+
+
+def semi_supervised(built) -> bool:
+    """Whether a built model is semi-supervised: it has a classifier ``classify(x)`` (the
+    most likely class under q(y | x)), and its y is a latent variable wherever the label it
+    is given is ``-1``. Its bounds and figures are then of unlabelled examples (every label
+    hidden: log p(x), y summed out), and its classifier is scored against the labels."""
+    return callable(getattr(built, "classify", None))
 
 
 def _arguments(x: torch.Tensor, y: torch.Tensor | None) -> tuple:
@@ -403,6 +418,9 @@ def _observed(trace, held=()):
 
 
 def _mean(fn, value: torch.Tensor) -> torch.Tensor:
+    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
+    if isinstance(base, dist.Categorical):  # a class index has no mean: its likeliest class
+        return base.probs.argmax(-1)
     try:
         return fn.mean
     except NotImplementedError:

@@ -25,6 +25,7 @@ from .evaluate import (
     posterior_means,
     prior_means,
     reconstruction_means,
+    semi_supervised,
 )
 from .rundir import FIGURES, atomic_write, load_run, read_metrics
 from .traces import sample_sites
@@ -270,6 +271,8 @@ def plot_run(
                                        title=run_title(built.spec, config)))
     x = torch.cat(list(data.eval_batches("test", 1000)))  # one fixed binarization
     y = labels_for(model, guide, data)  # None for a model of x alone
+    if y is not None and semi_supervised(built):  # pictures of unlabelled images
+        y = torch.full_like(y, -1)
     rows = (lambda n: None) if y is None else (lambda n: y[:n])
     latents = latent_dims(model, x, y=y)
     images = data.image_shape is not None

@@ -276,6 +276,22 @@ def test_semi_supervised_quick(tmp_path):
     grey = json.loads(next((out / "validation").glob("*pixelsgrey*")).read_text())
     assert grey["pixels"] == "grey" and grey["repeat"] == 1 and grey["validation_bound"] < 0
     assert "pixels grey" in (out / "README.md").read_text()
+    # the run opens like any other: log p(x) of unlabelled validation images, y summed out
+    # (exactly, by enumeration), and the classifier's error on their labels
+    from pyro_vae.cli import main
+
+    run = out / "runs" / path.stem
+    model = f"{EXPERIMENTS / 'semi_supervised.py'}:M2"
+    assert main(["evaluate", str(run), "--model", model, "--is-samples", "20"]) == 0
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["classification_error"] == pytest.approx(final["validation_error"])
+    assert evaluation["classified_examples"] == 500 and evaluation["validation"] == 500
+    assert evaluation["elbo_estimator"].startswith("TraceEnum_ELBO")
+    assert evaluation["elbo"] == pytest.approx(final["validation_bound"], abs=2.0)  # other z
+    assert evaluation["elbo"] <= evaluation["log_likelihood"] + 3 * evaluation[
+        "log_likelihood_stderr"]
+    assert main(["plot", str(run), "--model", model]) == 0
+    assert (run / "figures" / "reconstructions.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.usefixtures("mnist_binary")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from scripts import ROOT, load_script
 
-from pyro_vae import Dataset, make_elbo
+from pyro_vae import Dataset, load_dataset, make_elbo
+from pyro_vae.data import DataError, differences, load_recorded
 from pyro_vae.evaluate import elbo_estimator
 
 M2_SCRIPT = load_script(ROOT / "experiments" / "semi_supervised.py")
@@ -52,18 +53,55 @@ def test_the_classification_term_weighs_labelled_images_only(tiny_m2):
     assert elbo_estimator(m2.guide, x, y) == "enum"  # evaluation sums y out too
 
 
-def test_balanced_labels_and_the_repeated_labelled_images():
+def test_kept_labels_are_balanced_true_and_drawn_by_their_seed():
     y = torch.arange(1000) % 10
-    kept = M2_SCRIPT.balanced_labels(y, 100, seed=0)
+    data = Dataset("d", torch.rand(1000, 6), torch.rand(50, 6), y, torch.arange(50) % 10)
+    kept = data.keep_labels(100, seed=0).y_train
     assert (kept >= 0).sum() == 100 and torch.equal(
         torch.bincount(kept[kept >= 0], minlength=10), torch.full((10,), 10))
     assert torch.equal(kept[kept >= 0], y[kept >= 0])  # kept labels are the true ones
-    assert torch.equal(kept, M2_SCRIPT.balanced_labels(y, 100, seed=0))
-    assert not torch.equal(kept, M2_SCRIPT.balanced_labels(y, 100, seed=1))
-    with pytest.raises(SystemExit, match="--labels 105: must be a positive multiple of 10"):
-        M2_SCRIPT.balanced_labels(y, 105, seed=0)
-    data = Dataset("d", torch.rand(1000, 6), torch.rand(50, 6), y, torch.arange(50) % 10)
-    semi = M2_SCRIPT.semi_supervised(data, 100, seed=0, repeat=None)
-    labelled = semi.y_train >= 0
-    assert labelled.sum() == 900 and (~labelled).sum() == 900  # half of every batch, about
-    assert (semi.y_test == -1).all()  # the test loss is the bound on log p(x)
+    assert torch.equal(kept, data.keep_labels(100, seed=0).y_train)
+    assert not torch.equal(kept, data.keep_labels(100, seed=1).y_train)
+    with pytest.raises(DataError, match="keep 105 labels: it must be a positive multiple of "
+                       "the 10 classes"):
+        data.keep_labels(105)
+    few = torch.cat([torch.arange(10), torch.zeros(20, dtype=torch.long)])  # one 1, ..., 9
+    with pytest.raises(DataError, match="class 1 has only 1 training examples"):
+        Dataset("d", torch.rand(30, 6), torch.rand(5, 6), few).keep_labels(20)
+
+
+def test_a_held_out_validation_split_and_kept_labels_load_again_from_the_record():
+    """held_out and keep_labels are recorded in the source, so a run's data reload."""
+    data = load_dataset("mnist-binary").subset(train=1200, test=10)
+    semi = data.held_out(200).keep_labels(50, seed=3)
+    assert semi.x_train.shape[0] == 1000 and torch.equal(semi.x_test, data.x_train[1000:])
+    assert torch.equal(semi.y_test, data.y_train[1000:])  # validation labels kept
+    assert torch.equal(semi.evaluation("test"), semi.fixed["test"].float())
+    again = load_recorded(semi.record())
+    assert differences(semi.record(), again) == []
+    assert torch.equal(again.y_train, semi.y_train)
+    with pytest.raises(DataError, match="already have validation 200"):
+        semi.held_out(100)
+    with pytest.raises(DataError, match="it must leave some of the 1200"):
+        data.held_out(1200)
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_labelled_batches_show_each_labelled_image_repeat_times(separate):
+    y = torch.arange(2000) % 10
+    data = Dataset("d", torch.rand(2000, 6), torch.rand(50, 6), y, torch.arange(50) % 10,
+                   binarize=True).keep_labels(100)
+    semi = M2_SCRIPT.LabelledBatches.of(data, repeat=3, separate=separate)
+    batches = list(semi.batches("train", 200, torch.Generator().manual_seed(0), labels=True))
+    labels = torch.cat([b[1] for b in batches])
+    assert (labels >= 0).sum() == 300 and (labels < 0).sum() == 1900  # every image, 3x each
+    assert all(((b[0] == 0) | (b[0] == 1)).all() for b in batches)  # binarized draws
+    pure = [bool((b[1] >= 0).all() or (b[1] < 0).all()) for b in batches]
+    assert all(pure) if separate else not all(pure)
+    if separate:  # two labelled batches (200 + 100), spread among the ten unlabelled ones
+        marked = [i for i, b in enumerate(batches) if (b[1] >= 0).all()]
+        assert len(marked) == 2 and 0 < marked[0] < marked[1] < len(batches) - 1
+    [(_, y_test)] = semi.eval_batches("test", 50, labels=True)
+    assert (y_test == -1).all()  # fit's test loss: the bound on log p(x), y summed out
+    assert torch.equal(semi.labels("test"), data.y_test)  # the labels themselves stay
+    assert semi.record() == data.record()  # what a run records: the data, not the batching
