@@ -70,6 +70,7 @@ from pyro_vae import Callback, Config, build_model, fit, load_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
+from pyro_vae.traces import log_prob_per_point, replayed
 
 # Test error (%) of the paper's M2 (Kingma et al., 2014, Table 1), by number of labels.
 PAPER = {100: (11.97, 1.71), 600: (4.94, 0.13), 1000: (3.60, 0.56), 3000: (3.92, 0.63)}
@@ -223,6 +224,29 @@ def error(m2: M2, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * (m2.classify(x) != y).double().mean().item()
 
 
+@torch.no_grad()
+def class_signal(m2: M2, x: torch.Tensor, y: torch.Tensor, draws: int = 5) -> dict:
+    """How much the generative model tells the classes apart, the only signal the unlabelled
+    term gives the classifier: each image's labelled bound L(x, c) (``draws`` draws of z ~
+    q(z | x, c), α = 0) at each class c; the error (%) of argmax_c L(x, c) as a classifier,
+    and the mean over images of max_c L(x, c) less its median over c (nats). A decoder that
+    ignores y scores every class alike (a spread near 0, an error near 90 %)."""
+    alpha, m2.alpha = m2.alpha, 0.0
+    bound = torch.zeros(x.shape[0], CLASSES)
+    try:
+        for c in range(CLASSES):
+            label = torch.full((x.shape[0],), c, device=x.device)
+            for _ in range(draws):
+                model_trace, guide_trace = replayed(m2.model, m2.guide, x, label)
+                bound[:, c] += (log_prob_per_point(model_trace, "labelled")
+                                - log_prob_per_point(guide_trace, "labelled")).squeeze(0).cpu()
+    finally:
+        m2.alpha = alpha
+    bound /= draws
+    return {"generative_error": 100.0 * (bound.argmax(1) != y.cpu()).double().mean().item(),
+            "class_spread": (bound.max(1).values - bound.median(1).values).mean().item()}
+
+
 def machine() -> str:
     return (f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}, pyro {pyro.__version__}")
@@ -241,8 +265,8 @@ def run(n_labels: int, args, data) -> dict:
     semi = LabelledBatches.of(train, args.repeat, separate=args.batches == "separate")
     x_valid, y_valid = train.evaluation("test"), train.y_test  # one fixed binarization
     pyro.set_rng_seed(args.seed)
-    m2 = build_model(M2, x_dim=data.x_dim, z_dim=50, hidden=args.hidden, alpha=args.alpha,
-                     grey=args.pixels == "grey")
+    m2 = build_model(M2, x_dim=data.x_dim, z_dim=args.z_dim, hidden=args.hidden,
+                     alpha=args.alpha, grey=args.pixels == "grey")
     config = Config(dataset=data.name, elbo="enum", lr=args.lr, batch_size=args.batch_size,
                     epochs=args.epochs, seed=args.seed)
     resume = (run_dir / "checkpoint.pt").exists()
@@ -257,12 +281,14 @@ def run(n_labels: int, args, data) -> dict:
         labels=n_labels, label_seed=args.label_seed, seed=args.seed, alpha=args.alpha,
         repeat=args.repeat, batches=args.batches, pixels=args.pixels, lr=args.lr,
         batch_size=args.batch_size,
-        hidden=args.hidden, epochs=len(metrics), training_images=len(train.x_train),
+        hidden=args.hidden, z_dim=args.z_dim, epochs=len(metrics),
+        training_images=len(train.x_train),
         validation_error=metrics[-1]["validation_error"],
         validation_bound=-metrics[-1]["test_loss"], training_minutes=minutes,
         wall_minutes=before.get("wall_minutes", 0.0) + wall / 60,
         curve=[dict(epoch=m["epoch"], minutes=sum(k["seconds"] for k in metrics[:i + 1]) / 60,
                     validation_error=m["validation_error"]) for i, m in enumerate(metrics)],
+        **class_signal(m2, x_valid[:1000], y_valid[:1000]),
         machine=machine(), command=" ".join(["python", *sys.argv]))
     line = (f"{n_labels:5d} labels ({name}): validation error "
             f"{result['validation_error']:5.2f} % after {result['epochs']} epochs, "
@@ -334,22 +360,32 @@ def write_readme(out: Path) -> None:
     if not final:
         lines.append("| (no final run yet) | | | | | | | | | | |")
     lines += ["", *seed_means(final), "## Validation runs: what chose the settings", "",
-              "Each row: the validation error after the last epoch (never the best epoch), "
-              "the validation ELBO of unlabelled images (y summed out, nats per image) and "
-              "what differs from the script's defaults.", "",
-              "| labels | settings | epochs | validation error (%) | validation ELBO | "
-              "training min | label seed, seed |", "|---|---|---|---|---|---|---|"]
+              "Each row: the validation error after the last epoch, and the lowest after "
+              "any epoch (which epoch); the validation ELBO of unlabelled images (y summed "
+              "out, nats per image); what differs from the script's defaults; and the class "
+              "signal of the generative model on the first 1,000 validation images "
+              "(`class_signal`): the error of argmax_y L(x, y) used as a classifier, and "
+              "max_y L(x, y) less its median over y, in nats (a decoder that ignores y: "
+              "about 90 % and 0).", "",
+              "| labels | settings | epochs | validation error (%) | lowest (epoch) | "
+              "validation ELBO | argmax_y L(x, y) error (%) | max - median L (nats) | "
+              "training min | label seed, seed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in validation:
+        low = min(r["curve"], key=lambda c: c["validation_error"])
+        signal = (f"{r['generative_error']:.1f} | {r['class_spread']:.1f}"
+                  if "class_spread" in r else "- | -")
         lines.append(
             f"| {r['labels']} | {settings_of(r)} | {r['epochs']} | "
-            f"{r['validation_error']:.2f} | {r['validation_bound']:.2f} | "
+            f"{r['validation_error']:.2f} | {low['validation_error']:.2f} ({low['epoch']}) | "
+            f"{r['validation_bound']:.2f} | {signal} | "
             f"{r['training_minutes']:.1f} | {r['label_seed']}, {r['seed']} |")
     lines += ["", "![validation error against minutes](validation_error.png)", ""]
     if before:
         lines += ["## Before the validation split", "",
                   "The runs of the previous round, trained on all 60,000 training images, "
                   "their settings (alpha, repeat) screened on the test set: kept for the "
-                  "record, not comparable with a validation-chosen number.", "",
+                  "record, not comparable with a validation-chosen number; their notes: "
+                  "[before/NOTES.md](before/NOTES.md).", "",
                   "| labels | test error (%) | epochs | label seed, seed |", "|---|---|---|---|"]
         lines += [f"| {r['labels']} | {r['test_error']:.2f} | {r['epochs']} | "
                   f"{r['label_seed']}, {r['seed']} |" for r in before]
@@ -421,6 +457,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=50.0,
                         help="weight of each labelled image's classification term")
     parser.add_argument("--hidden", type=int, default=500)
+    parser.add_argument("--z-dim", type=int, default=50, help="dimensions of the style z")
     parser.add_argument("--repeat", type=int, default=1,
                         help="times each labelled image is seen per epoch")
     parser.add_argument("--batches", choices=["separate", "mixed"], default="separate",
@@ -445,7 +482,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The settings a run's name and the README's "settings" column report when changed.
-KNOBS = ("seed", "label_seed", "alpha", "hidden", "repeat", "batches", "pixels", "lr",
+KNOBS = ("seed", "label_seed", "alpha", "hidden", "z_dim", "repeat", "batches", "pixels", "lr",
          "batch_size")
 DEFAULTS = {k: parser().get_default(k) for k in KNOBS}
 
@@ -455,8 +492,8 @@ def arguments() -> argparse.Namespace:
     args = p.parse_args()
     args.out = args.out or Path("runs/quick" if args.quick else "results", "semi_supervised")
     args.validation = VALIDATION
-    if args.epochs < 1 or args.alpha < 0 or args.hidden < 1 or args.batch_size < 1:
-        p.error("--epochs, --hidden and --batch-size must be at least 1, --alpha "
+    if min(args.epochs, args.hidden, args.z_dim, args.batch_size) < 1 or args.alpha < 0:
+        p.error("--epochs, --hidden, --z-dim and --batch-size must be at least 1, --alpha "
                 "non-negative")
     if not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}")

@@ -260,6 +260,7 @@ def test_semi_supervised_quick(tmp_path):
     assert 0 <= result["validation_error"] < 90  # better than chance after two quick epochs
     assert [c["epoch"] for c in result["curve"]] == [1, 2]
     assert result["validation_bound"] < 0  # a bound on log p(x), y summed out
+    assert 0 <= result["generative_error"] <= 100 and result["class_spread"] >= 0
     readme = (out / "README.md").read_text()
     assert "(no final run yet)" in readme and f"| {result['validation_error']:.2f} |" in readme
     assert (out / "validation_error.png").read_bytes().startswith(b"\x89PNG")

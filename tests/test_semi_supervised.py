@@ -105,3 +105,20 @@ def test_labelled_batches_show_each_labelled_image_repeat_times(separate):
     assert (y_test == -1).all()  # fit's test loss: the bound on log p(x), y summed out
     assert torch.equal(semi.labels("test"), data.y_test)  # the labels themselves stay
     assert semi.record() == data.record()  # what a run records: the data, not the batching
+
+
+def test_the_class_signal_is_nil_for_a_decoder_that_ignores_y(tiny_m2):
+    m2, x = tiny_m2
+    y = torch.tensor([0, 1, 2])
+    with torch.no_grad():  # y one-hot is the last 10 inputs of the encoder and the decoder
+        for net in (m2.encoder, m2.decoder):
+            first = next(p for p in net.parameters() if p.dim() == 2)
+            first[:, -10:] = 0.0
+    pyro.set_rng_seed(0)
+    blind = M2_SCRIPT.class_signal(m2, x, y, draws=50)
+    assert blind["class_spread"] < 0.5
+    with torch.no_grad():
+        next(p for p in m2.decoder.parameters() if p.dim() == 2)[:, -10:].normal_(
+            0, 5.0, generator=torch.Generator().manual_seed(0))
+    seeing = M2_SCRIPT.class_signal(m2, x, y, draws=50)
+    assert seeing["class_spread"] > 1.0 and m2.alpha == 0.0  # alpha restored

@@ -1,0 +1,35 @@
+"""The class signal (experiments/semi_supervised.py: class_signal) of M2 runs whose run
+directories predate the recorded validation split (their data.json has no source, so the
+experiment cannot reopen them): their checkpoints read directly, on the same first 1,000
+validation images (binarized runs: the fixed draw; grey runs: the grey levels).
+
+    .venv/bin/python results/semi_supervised/class_signal_of.py results/semi_supervised/runs/NAME ...
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pyro
+
+from pyro_vae import load_dataset
+from pyro_vae.rundir import declare_params, load_checkpoint, restore_params
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
+import semi_supervised as ss  # noqa: E402
+
+for run in map(Path, sys.argv[1:]):
+    result = json.loads((run.parents[1] / "validation" / f"{run.name}.json").read_text())
+    data = load_dataset("mnist" if result["pixels"] == "grey" else "mnist-binary")
+    valid = data.held_out(ss.VALIDATION).keep_labels(result["labels"], result["label_seed"])
+    x, y = valid.evaluation("test")[:1000], valid.y_test[:1000]
+    m2 = ss.M2(x_dim=784, z_dim=result.get("z_dim", 50), hidden=result["hidden"],
+               alpha=result["alpha"], grey=result["pixels"] == "grey")
+    pyro.clear_param_store()
+    restore_params(declare_params(m2.model, m2.guide, x[:8], y[:8]),
+                   load_checkpoint(run)["params"], run)
+    pyro.set_rng_seed(0)
+    signal = ss.class_signal(m2, x, y)
+    print(f"{run.name}: classifier error {ss.error(m2, x, y):.2f} %, argmax_y L(x, y) error "
+          f"{signal['generative_error']:.1f} %, max - median L {signal['class_spread']:.2f} "
+          "nats", flush=True)
