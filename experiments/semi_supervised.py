@@ -289,7 +289,8 @@ def run(n_labels: int, args, data) -> dict:
         curve=[dict(epoch=m["epoch"], minutes=sum(k["seconds"] for k in metrics[:i + 1]) / 60,
                     validation_error=m["validation_error"]) for i, m in enumerate(metrics)],
         **class_signal(m2, x_valid[:1000], y_valid[:1000]),
-        machine=machine(), command=" ".join(["python", *sys.argv]))
+        machine=machine(),
+        command=" ".join(["python", "experiments/semi_supervised.py", *sys.argv[1:]]))
     line = (f"{n_labels:5d} labels ({name}): validation error "
             f"{result['validation_error']:5.2f} % after {result['epochs']} epochs, "
             f"{minutes:.1f} min of training")

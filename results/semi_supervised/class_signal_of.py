@@ -1,9 +1,11 @@
 """The class signal (experiments/semi_supervised.py: class_signal) of M2 runs whose run
 directories predate the recorded validation split (their data.json has no source, so the
 experiment cannot reopen them): their checkpoints read directly, on the same first 1,000
-validation images (binarized runs: the fixed draw; grey runs: the grey levels).
+validation images (binarized runs: the fixed draw; grey runs: the grey levels). Written
+into each run's validation/NAME.json (``class_signal_by`` says by what); README.md rebuilt.
 
-    .venv/bin/python results/semi_supervised/class_signal_of.py results/semi_supervised/runs/NAME ...
+    .venv/bin/python results/semi_supervised/class_signal_of.py \
+        results/semi_supervised/runs/NAME ...
 """
 
 import json
@@ -18,8 +20,11 @@ from pyro_vae.rundir import declare_params, load_checkpoint, restore_params
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 import semi_supervised as ss  # noqa: E402
 
+assert len(sys.argv) > 1, __doc__
+
 for run in map(Path, sys.argv[1:]):
-    result = json.loads((run.parents[1] / "validation" / f"{run.name}.json").read_text())
+    path = run.parents[1] / "validation" / f"{run.name}.json"
+    result = json.loads(path.read_text())
     data = load_dataset("mnist" if result["pixels"] == "grey" else "mnist-binary")
     valid = data.held_out(ss.VALIDATION).keep_labels(result["labels"], result["label_seed"])
     x, y = valid.evaluation("test")[:1000], valid.y_test[:1000]
@@ -33,3 +38,6 @@ for run in map(Path, sys.argv[1:]):
     print(f"{run.name}: classifier error {ss.error(m2, x, y):.2f} %, argmax_y L(x, y) error "
           f"{signal['generative_error']:.1f} %, max - median L {signal['class_spread']:.2f} "
           "nats", flush=True)
+    result.update(signal, class_signal_by=" ".join(["python", *sys.argv]))
+    path.write_text(json.dumps(result, indent=1) + "\n")
+ss.write_readme(Path(__file__).resolve().parent)
