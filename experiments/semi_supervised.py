@@ -189,12 +189,11 @@ class LabelledBatches(Dataset):
         if self.separate:
             plain = list(shuffled(unknown).split(batch_size))
             marked = list(shuffled(known).split(batch_size))
-            # labelled batch j comes after about (j + 1/2) / len(marked) of the unlabelled ones
-            at = {min(len(plain) - 1, int((j + 0.5) * len(plain) / len(marked))): j
-                  for j in range(len(marked))}
-            order = [b for i, rows in enumerate(plain)
-                     for b in ([marked[at[i]]] if i in at else []) + [rows]]
-            order += [marked[j] for j in range(len(marked)) if j not in at.values()]
+            # labelled batch j goes before unlabelled batch (j + 1/2) * len(plain) / len(marked)
+            slots = [[] for _ in range(max(1, len(plain)))]
+            for j, rows in enumerate(marked):
+                slots[min(len(slots) - 1, int((j + 0.5) * len(plain) / len(marked)))].append(rows)
+            order = [b for i, before in enumerate(slots) for b in before + plain[i : i + 1]]
         else:
             order = shuffled(torch.cat([unknown, known])).split(batch_size)
         for rows in order:

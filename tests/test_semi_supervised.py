@@ -101,6 +101,9 @@ def test_labelled_batches_show_each_labelled_image_repeat_times(separate):
     if separate:  # two labelled batches (200 + 100), spread among the ten unlabelled ones
         marked = [i for i, b in enumerate(batches) if (b[1] >= 0).all()]
         assert len(marked) == 2 and 0 < marked[0] < marked[1] < len(batches) - 1
+    whole = Dataset("d", torch.rand(2000, 6), torch.rand(50, 6), y).keep_labels(2000)
+    every = M2_SCRIPT.LabelledBatches.of(whole, repeat=2, separate=separate)  # no unlabelled
+    assert sum(len(b[1]) for b in every.batches("train", 200, labels=True)) == 4000  # none lost
     [(_, y_test)] = semi.eval_batches("test", 50, labels=True)
     assert (y_test == -1).all()  # fit's test loss: the bound on log p(x), y summed out
     assert torch.equal(semi.labels("test"), data.y_test)  # the labels themselves stay
