@@ -228,22 +228,27 @@ def class_signal(m2: M2, x: torch.Tensor, y: torch.Tensor, draws: int = 5) -> di
     """How much the generative model tells the classes apart, the only signal the unlabelled
     term gives the classifier: each image's labelled bound L(x, c) (``draws`` draws of z ~
     q(z | x, c), α = 0) at each class c; the error (%) of argmax_c L(x, c) as a classifier,
-    and the mean over images of max_c L(x, c) less its median over c (nats). A decoder that
-    ignores y scores every class alike (a spread near 0, an error near 90 %)."""
+    and the mean over images of max_c L(x, c) less its median over c (nats), beside the
+    classifier's error on the same images. A decoder that ignores y scores every class alike
+    (a spread near 0, an error near 90 %). Its own random stream, seed 0."""
     alpha, m2.alpha = m2.alpha, 0.0
     bound = torch.zeros(x.shape[0], CLASSES)
     try:
-        for c in range(CLASSES):
-            label = torch.full((x.shape[0],), c, device=x.device)
-            for _ in range(draws):
-                model_trace, guide_trace = replayed(m2.model, m2.guide, x, label)
-                bound[:, c] += (log_prob_per_point(model_trace, "labelled")
-                                - log_prob_per_point(guide_trace, "labelled")).squeeze(0).cpu()
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            pyro.set_rng_seed(0)  # the same draws whenever it is measured
+            for c in range(CLASSES):
+                label = torch.full((x.shape[0],), c, device=x.device)
+                for _ in range(draws):
+                    model_trace, guide_trace = replayed(m2.model, m2.guide, x, label)
+                    bound[:, c] += (log_prob_per_point(model_trace, "labelled")
+                                    - log_prob_per_point(guide_trace, "labelled")
+                                    ).squeeze(0).cpu()
     finally:
         m2.alpha = alpha
     bound /= draws
     return {"generative_error": 100.0 * (bound.argmax(1) != y.cpu()).double().mean().item(),
-            "class_spread": (bound.max(1).values - bound.median(1).values).mean().item()}
+            "class_spread": (bound.max(1).values - bound.median(1).values).mean().item(),
+            "classifier_error": error(m2, x, y)}  # q(y | x) on the same images
 
 
 def machine() -> str:
@@ -269,6 +274,11 @@ def run(n_labels: int, args, data) -> dict:
     config = Config(dataset=data.name, elbo="enum", lr=args.lr, batch_size=args.batch_size,
                     epochs=args.epochs, seed=args.seed)
     resume = (run_dir / "checkpoint.pt").exists()
+    recorded = run_dir / "data.json"
+    if resume and recorded.exists() and json.loads(recorded.read_text()).get("source") is None:
+        raise SystemExit(f"{run_dir} was trained before runs recorded their validation split "
+                         "(its data.json has no source), so it cannot resume or take --test: "
+                         "move it aside and run the command again to train it afresh")
     start = time.perf_counter()
     metrics = fit(m2.model, m2.guide, semi, config, run_dir, resume=resume, quiet=args.quick,
                   callbacks=[ValidationError(m2, x_valid, y_valid)])
@@ -364,16 +374,18 @@ def write_readme(out: Path) -> None:
               "any epoch (which epoch); the validation ELBO of unlabelled images (y summed "
               "out, nats per image); what differs from the script's defaults; and the class "
               "signal of the generative model on the first 1,000 validation images "
-              "(`class_signal`): the error of argmax_y L(x, y) used as a classifier, and "
+              "(`class_signal`): the error of argmax_y L(x, y) used as a classifier beside the "
+              "classifier's own on the same images, and "
               "max_y L(x, y) less its median over y, in nats (a decoder that ignores y: "
               "about 90 % and 0).", "",
               "| labels | settings | epochs | validation error (%) | lowest (epoch) | "
-              "validation ELBO | argmax_y L(x, y) error (%) | max - median L (nats) | "
+              "validation ELBO | argmax_y L(x, y) / q(y \\| x) error, first 1,000 (%) | "
+              "max - median L (nats) | "
               "training min | label seed, seed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in validation:
         low = min(r["curve"], key=lambda c: c["validation_error"])
-        signal = (f"{r['generative_error']:.1f} | {r['class_spread']:.1f}"
-                  if "class_spread" in r else "- | -")
+        signal = (f"{r['generative_error']:.1f} / {r['classifier_error']:.1f} | "
+                  f"{r['class_spread']:.1f}" if "classifier_error" in r else "- | -")
         lines.append(
             f"| {r['labels']} | {settings_of(r)} | {r['epochs']} | "
             f"{r['validation_error']:.2f} | {low['validation_error']:.2f} ({low['epoch']}) | "

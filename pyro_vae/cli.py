@@ -251,12 +251,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if classify is not None:
         with torch.no_grad():
             predicted = torch.cat([classify(batch) for batch in x.split(1000)])
-        known = y >= 0
-        if not known.any():
-            raise ValueError(f"the {args.split} split has no labels to score the classifier "
-                             "of this semi-supervised model against")
+        known = y >= 0  # none, in a training split of hidden labels: no error to report
         classified = {"classification_error": 100.0 * (predicted[known] != y[known])
-                      .double().mean().item(), "classified_examples": int(known.sum())}
+                      .double().mean().item() if known.any() else None,
+                      "classified_examples": int(known.sum())}
         y = torch.full_like(y, -1)
     if y is not None and args.ais_steps:
         raise ValueError("--ais-steps: AIS is implemented for models of x alone; this model "
@@ -336,10 +334,12 @@ def evaluate(args: argparse.Namespace) -> int:
           f"({result['elbo_estimator']})")
     print(f"  IS-{args.is_samples} log-likelihood   {ll_mean:10.3f} +- {ll_stderr:.3f} "
           f"(standard error; seed {args.seed}{'; of log p(x | y)' * conditional})")
-    if classified:
+    if classified and classified["classification_error"] is not None:
         print(f"  classifier q(y | x) error   {classified['classification_error']:10.2f} % "
               f"of {classified['classified_examples']} labelled examples (y summed out "
               "above: labels hidden)")
+    elif classified:
+        print(f"  classifier q(y | x) error   none: the {args.split} split has no labels")
     print(f"  gap log p(x) - ELBO         {result['gap']:10.3f}")
     if ais:
         print(f"  AIS log-likelihood          {ais['ais_log_likelihood']:10.3f} +- "

@@ -70,6 +70,7 @@ MD5 = {
 DATASETS = {"mnist": "mnist", "mnist-binary": "mnist", "fashion-mnist": "fashion-mnist",
             "fashion-mnist-binary": "fashion-mnist"}
 EVAL_SEED = 0  # seed of the one fixed binarization that evaluations use
+_DERIVED = ("validation", "labels")  # Dataset.held_out, Dataset.keep_labels: replay order
 NPZ_TEST_FRACTION = 0.1  # held out of a user's .npz file when it has no `x_test`
 
 
@@ -241,6 +242,10 @@ class Dataset:
         if self.source.get(key) is not None:
             raise DataError(f"the data already have {key} {self.source[key]!r}: derive them "
                             f"once")
+        later = [k for k in _DERIVED[_DERIVED.index(key) + 1:] if self.source.get(k)]
+        if later:  # load_recorded replays them in this order
+            raise DataError(f"{key} after {later[0]}: derive data in the order held_out, "
+                            "then keep_labels, so that a run on them can load them again")
         return {**self.source, key: value}
 
     def to(self, device: str | torch.device) -> Dataset:

@@ -1,7 +1,7 @@
-"""The class signal (experiments/semi_supervised.py: class_signal) of M2 runs whose run
-directories predate the recorded validation split (their data.json has no source, so the
-experiment cannot reopen them): their checkpoints read directly, on the same first 1,000
-validation images (binarized runs: the fixed draw; grey runs: the grey levels). Written
+"""The class signal (experiments/semi_supervised.py: class_signal) of M2 runs, read from
+their checkpoints (also of runs whose directories predate the recorded validation split:
+their data.json has no source, so the experiment cannot reopen them), on the same first
+1,000 validation images (binarized runs: the fixed draw; grey runs: the grey levels). Written
 into each run's validation/NAME.json (``class_signal_by`` says by what); README.md rebuilt.
 
     .venv/bin/python results/semi_supervised/class_signal_of.py \
@@ -33,11 +33,10 @@ for run in map(Path, sys.argv[1:]):
     pyro.clear_param_store()
     restore_params(declare_params(m2.model, m2.guide, x[:8], y[:8]),
                    load_checkpoint(run)["params"], run)
-    pyro.set_rng_seed(0)
     signal = ss.class_signal(m2, x, y)
-    print(f"{run.name}: classifier error {ss.error(m2, x, y):.2f} %, argmax_y L(x, y) error "
-          f"{signal['generative_error']:.1f} %, max - median L {signal['class_spread']:.2f} "
-          "nats", flush=True)
+    print(f"{run.name}: classifier error {signal['classifier_error']:.2f} %, argmax_y "
+          f"L(x, y) error {signal['generative_error']:.1f} %, max - median L "
+          f"{signal['class_spread']:.2f} nats", flush=True)
     result.update(signal, class_signal_by=" ".join(["python", *sys.argv]))
     path.write_text(json.dumps(result, indent=1) + "\n")
 ss.write_readme(Path(__file__).resolve().parent)
