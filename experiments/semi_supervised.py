@@ -70,6 +70,7 @@ from pyro_vae import Callback, Config, build_model, fit, load_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
+from pyro_vae.rundir import read_data
 from pyro_vae.traces import log_prob_per_point, replayed
 
 # Test error (%) of the paper's M2 (Kingma et al., 2014, Table 1), by number of labels.
@@ -177,30 +178,23 @@ class LabelledBatches(Dataset):
         return cls(**{f.name: getattr(data, f.name) for f in fields(data)}, repeat=repeat,
                    separate=separate)
 
-    def batches(self, split, batch_size, generator=None, shuffle=True, labels=False):
+    def batch_rows(self, split, batch_size, generator=None, shuffle=True):
         if split != "train" or not shuffle:
-            yield from super().batches(split, batch_size, generator, shuffle, labels)
-            return
-        x, y = self.x_train, self.y_train
+            return super().batch_rows(split, batch_size, generator, shuffle)
+        y = self.y_train
         known = torch.nonzero(y >= 0).flatten().repeat(self.repeat)
         unknown = torch.nonzero(y < 0).flatten()
         shuffled = lambda rows: rows[torch.randperm(len(rows), generator=generator,  # noqa
                                                     device=rows.device)]
-        if self.separate:
-            plain = list(shuffled(unknown).split(batch_size))
-            marked = list(shuffled(known).split(batch_size))
-            # labelled batch j goes before unlabelled batch (j + 1/2) * len(plain) / len(marked)
-            slots = [[] for _ in range(max(1, len(plain)))]
-            for j, rows in enumerate(marked):
-                slots[min(len(slots) - 1, int((j + 0.5) * len(plain) / len(marked)))].append(rows)
-            order = [b for i, before in enumerate(slots) for b in before + plain[i : i + 1]]
-        else:
-            order = shuffled(torch.cat([unknown, known])).split(batch_size)
-        for rows in order:
-            batch = x[rows]
-            if self.binarize:
-                batch = torch.bernoulli(batch, generator=generator)
-            yield (batch, y[rows]) if labels else batch
+        if not self.separate:
+            return list(shuffled(torch.cat([unknown, known])).split(batch_size))
+        plain = list(shuffled(unknown).split(batch_size))
+        marked = list(shuffled(known).split(batch_size))
+        # labelled batch j goes before unlabelled batch (j + 1/2) * len(plain) / len(marked)
+        slots = [[] for _ in range(max(1, len(plain)))]
+        for j, rows in enumerate(marked):
+            slots[min(len(slots) - 1, int((j + 0.5) * len(plain) / len(marked)))].append(rows)
+        return [b for i, before in enumerate(slots) for b in before + plain[i : i + 1]]
 
     def eval_batches(self, split, batch_size, labels=False):
         for batch in super().eval_batches(split, batch_size, labels):
@@ -274,8 +268,7 @@ def run(n_labels: int, args, data) -> dict:
     config = Config(dataset=data.name, elbo="enum", lr=args.lr, batch_size=args.batch_size,
                     epochs=args.epochs, seed=args.seed)
     resume = (run_dir / "checkpoint.pt").exists()
-    recorded = run_dir / "data.json"
-    if resume and recorded.exists() and json.loads(recorded.read_text()).get("source") is None:
+    if resume and (read_data(run_dir) or {}).get("source", {}) is None:
         raise SystemExit(f"{run_dir} was trained before runs recorded their validation split "
                          "(its data.json has no source), so it cannot resume or take --test: "
                          "move it aside and run the command again to train it afresh")

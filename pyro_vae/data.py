@@ -131,15 +131,22 @@ class Dataset:
         as in semi-supervised training)."""
         x = self.split(split)
         y = self.labels(split) if labels else None
-        n = x.shape[0]
-        order = torch.randperm(n, generator=generator, device=x.device) if shuffle else None
-        for start in range(0, n, batch_size):
-            end = start + batch_size
-            rows = order[start:end] if shuffle else slice(start, end)
+        for rows in self.batch_rows(split, batch_size, generator, shuffle):
             batch = x[rows]
             if self.binarize:
                 batch = torch.bernoulli(batch, generator=generator)
             yield (batch, y[rows]) if labels else batch
+
+    def batch_rows(self, split: str, batch_size: int, generator: torch.Generator | None = None,
+                   shuffle: bool = True) -> list:
+        """The rows of each batch of :meth:`batches`, in order: a random permutation drawn
+        from ``generator`` cut into batches of ``batch_size`` (file order without
+        ``shuffle``). A subclass that orders its batches otherwise overrides this alone."""
+        x = self.split(split)
+        if not shuffle:
+            return [slice(start, start + batch_size) for start in range(0, x.shape[0], batch_size)]
+        return list(torch.randperm(x.shape[0], generator=generator, device=x.device)
+                    .split(batch_size))
 
     def eval_batches(self, split: str, batch_size: int, labels: bool = False):
         """Batches of :meth:`evaluation` data in file order: the same data every time, for
