@@ -66,11 +66,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import nn
 
-from pyro_vae import Callback, Config, build_model, fit, load_dataset
+from pyro_vae import VAE, Callback, Config, build_model, fit, load_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
-from pyro_vae.rundir import read_data
+from pyro_vae.rundir import load_run, read_data, read_metrics
 from pyro_vae.traces import log_prob_per_point, replayed
 
 # Test error (%) of the paper's M2 (Kingma et al., 2014, Table 1), by number of labels.
@@ -110,22 +110,24 @@ class M2(nn.Module):
         known = y >= 0
         if known.any():
             with pyro.plate("labelled", int(known.sum())):
-                self._generate(x[known], y[known], "_labelled")
+                seen = self._generate(x[known], y[known], "_labelled")
                 if self.alpha > 0:  # the paper's classification term, alpha * log q(y | x)
                     with poutine.scale(scale=self.alpha):
                         pyro.sample("y_classified", dist.Categorical(logits=self.classifier(
-                            x[known])), obs=y[known])
+                            seen)), obs=y[known])
         if not known.all():
             with pyro.plate("data", int((~known).sum())):
                 self._generate(x[~known], None, "")
 
-    def _generate(self, x, y, suffix: str) -> None:
+    def _generate(self, x, y, suffix: str) -> torch.Tensor:
+        """The sites of one plate's images; returns what the classifier reads (x)."""
         n = x.shape[0]
         z = pyro.sample(f"z{suffix}", dist.Normal(x.new_zeros(n, self.z_dim), 1.0).to_event(1))
         y = pyro.sample(f"y{suffix}", dist.Categorical(logits=x.new_zeros(n, CLASSES)), obs=y)
         logits = self.decoder(concat(z, F.one_hot(y, CLASSES).to(z.dtype)))
         likelihood = dist.Bernoulli(logits=logits, validate_args=False if self.grey else None)
         pyro.sample(f"x{suffix}", likelihood.to_event(1), obs=x)
+        return x
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)
@@ -157,6 +159,79 @@ class M2(nn.Module):
         loc, _ = self.encoder(concat(x, F.one_hot(self.classify(x), CLASSES).to(x.dtype)))
         classes = torch.eye(CLASSES, dtype=x.dtype, device=x.device)
         return torch.sigmoid(self.decoder(concat(loc[:, None, :], classes)))
+
+
+class StackedM2(M2):
+    r"""M1+M2 (Kingma et al. 2014, section 3.2): M2 on the latent code of M1, a VAE trained
+    on the pixels first, as one Pyro model of the images:
+
+    .. math:: y \sim \mathrm{Cat}(1/10), \quad z_2 \sim \mathcal{N}(0, I), \quad
+              z_1 \sim \mathcal{N}(\mu(y, z_2), \mathrm{diag}\,\sigma^2(y, z_2)), \quad
+              x \sim \mathrm{Bernoulli}(\mathrm{decoder}_{M1}(z_1)),
+
+    with the guide :math:`q_{M1}(z_1 \mid x)\, q(y \mid z_1)\, q(z_2 \mid z_1, y)`. M1's
+    encoder and decoder (the run in ``m1_run``, after ``m1_epochs`` epochs) are frozen: no
+    gradient reaches them and the param store never holds them, so training is M2 on M1's
+    posterior samples :math:`z_1 \sim q_{M1}(z_1 \mid x)`, a fresh draw at every step, as
+    the paper does; the terms :math:`\log p(x \mid z_1) - \log q_{M1}(z_1 \mid x)` it adds
+    are constants of the parameters trained, and make the bound one on log p(x) of the
+    images, so ``pyro-vae evaluate`` scores the stacked model like any other. The classifier
+    reads :math:`z_1` (its mean when classifying); ``z_dim`` is the size of :math:`z_2`."""
+
+    def __init__(self, m1_run: str, m1_epochs: int, z_dim: int = 50, hidden: int = 500,
+                 alpha: float = 50.0, activation: str = "softplus"):
+        _, m1, _ = load_run(m1_run)
+        done = len(read_metrics(Path(m1_run)))
+        if done != m1_epochs:
+            raise ValueError(f"M1 in {m1_run} has trained {done} epochs, this stacked model "
+                             f"was built on it after {m1_epochs}: a resumed M1 is another "
+                             "model; retrain M1+M2 on it, or restore the M1 run")
+        features = m1.z_dim
+        super().__init__(features, z_dim, hidden, alpha, activation)
+        self.m1 = m1.requires_grad_(False)
+        self.decoder = Encoder(z_dim + CLASSES, [hidden], features, activation)  # p(z1 | y, z2)
+
+    def _generate(self, x, y, suffix: str):
+        n = x.shape[0]
+        z2 = pyro.sample(f"z{suffix}", dist.Normal(x.new_zeros(n, self.z_dim), 1.0).to_event(1))
+        y = pyro.sample(f"y{suffix}", dist.Categorical(logits=x.new_zeros(n, CLASSES)), obs=y)
+        loc, scale = self.decoder(concat(z2, F.one_hot(y, CLASSES).to(z2.dtype)))
+        z1 = pyro.sample(f"z1{suffix}", dist.Normal(loc, scale).to_event(1))
+        pyro.sample(f"x{suffix}", dist.Bernoulli(logits=self.m1.decoder(z1)).to_event(1), obs=x)
+        return z1  # the guide's draw, replayed: the classification term reads it
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pyro.module("encoder", self.encoder)
+        pyro.module("classifier", self.classifier)
+        known = y >= 0
+        if known.any():
+            with pyro.plate("labelled", int(known.sum())):
+                z1 = self._features(x[known], "_labelled")
+                self._infer_z(z1, y[known], "_labelled")
+        if not known.all():
+            with pyro.plate("data", int((~known).sum())):
+                z1 = self._features(x[~known], "")
+                yu = pyro.sample("y", dist.Categorical(logits=self.classifier(z1)),
+                                 infer={"enumerate": "parallel"})
+                self._infer_z(z1, yu, "")
+
+    def _features(self, x, suffix: str) -> torch.Tensor:
+        with torch.no_grad():
+            posterior = self.m1.latent_posterior(x)
+        return pyro.sample(f"z1{suffix}", posterior)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The most likely class under q(y | z1) at M1's posterior mean of z1."""
+        return self.classifier(self.m1.latent_posterior(x).mean).argmax(-1)
+
+    @torch.no_grad()
+    def restyle(self, x: torch.Tensor) -> torch.Tensor:
+        z1 = self.m1.latent_posterior(x).mean
+        loc, _ = self.encoder(concat(z1, F.one_hot(self.classify(x), CLASSES).to(x.dtype)))
+        classes = torch.eye(CLASSES, dtype=x.dtype, device=x.device)
+        z1_of, _ = self.decoder(concat(loc[:, None, :], classes))
+        return self.m1.decode(z1_of)
 
 
 @dataclass
@@ -262,9 +337,16 @@ def run(n_labels: int, args, data) -> dict:
     train = data.held_out(args.validation).keep_labels(n_labels, args.label_seed)
     semi = LabelledBatches.of(train, args.repeat, separate=args.batches == "separate")
     x_valid, y_valid = train.evaluation("test"), train.y_test  # one fixed binarization
-    pyro.set_rng_seed(args.seed)
-    m2 = build_model(M2, x_dim=data.x_dim, z_dim=args.z_dim, hidden=args.hidden,
-                     alpha=args.alpha, grey=args.pixels == "grey")
+    m1_minutes = 0.0
+    if args.model == "m1-m2":
+        m1_dir, m1_minutes = train_m1(args, data)
+        pyro.set_rng_seed(args.seed)
+        m2 = build_model(StackedM2, m1_run=str(m1_dir), m1_epochs=args.m1_epochs,
+                         z_dim=args.z_dim, hidden=args.hidden, alpha=args.alpha)
+    else:
+        pyro.set_rng_seed(args.seed)
+        m2 = build_model(M2, x_dim=data.x_dim, z_dim=args.z_dim, hidden=args.hidden,
+                         alpha=args.alpha, grey=args.pixels == "grey")
     config = Config(dataset=data.name, elbo="enum", lr=args.lr, batch_size=args.batch_size,
                     epochs=args.epochs, seed=args.seed)
     resume = (run_dir / "checkpoint.pt").exists()
@@ -287,6 +369,8 @@ def run(n_labels: int, args, data) -> dict:
         training_images=len(train.x_train),
         validation_error=metrics[-1]["validation_error"],
         validation_bound=-metrics[-1]["test_loss"], training_minutes=minutes,
+        model=args.model, m1_minutes=m1_minutes,
+        **({"m1_epochs": args.m1_epochs} if args.model == "m1-m2" else {}),
         wall_minutes=before.get("wall_minutes", 0.0) + wall / 60,
         curve=[dict(epoch=m["epoch"], minutes=sum(k["seconds"] for k in metrics[:i + 1]) / 60,
                     validation_error=m["validation_error"]) for i, m in enumerate(metrics)],
@@ -306,6 +390,26 @@ def run(n_labels: int, args, data) -> dict:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(line, flush=True)
     return result
+
+
+def train_m1(args, data: Dataset) -> tuple[Path, float]:
+    """M1 of M1+M2: a VAE (784-500-500-50 tanh, the recipe of results/route_to_88) trained,
+    or resumed, up to ``--m1-epochs`` on the first 50,000 training images without their
+    labels, its test loss the bound on the validation images. One M1 serves every label
+    count, label set and seed. Its run directory and its minutes of training."""
+    run_dir = args.out / "runs" / f"m1-epochs{args.m1_epochs}"
+    held = data.held_out(args.validation)
+    resume = (run_dir / "checkpoint.pt").exists()
+    if resume and len(read_metrics(run_dir)) >= args.m1_epochs:
+        return run_dir, sum(m["seconds"] for m in read_metrics(run_dir)) / 60
+    pyro.set_rng_seed(0)
+    vae = VAE(data.x_dim, z_dim=50, hidden=[args.m1_hidden] * 2, activation="tanh")
+    config = Config(dataset=data.name, elbo="meanfield", lr=1e-3, eps=1e-4, batch_size=100,
+                    epochs=args.m1_epochs, seed=0, jit=True)
+    metrics = fit(vae.model, vae.guide, held, config, run_dir, resume=resume, quiet=args.quick)
+    print(f"M1 ({run_dir}): validation ELBO {-metrics[-1]['test_loss']:.2f} nats after "
+          f"{len(metrics)} epochs", flush=True)
+    return run_dir, sum(m["seconds"] for m in metrics) / 60
 
 
 def run_name(n_labels: int, args) -> str:
@@ -471,6 +575,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixels", choices=["binary", "grey"], default="binary",
                         help="binary: dynamically binarized images; grey: the grey levels "
                         "themselves under the Bernoulli log-mass, as Pyro's tutorial")
+    parser.add_argument("--model", choices=["m2", "m1-m2"], default="m2",
+                        help="m2: M2 on the pixels; m1-m2: M2 on the latent code of M1, a "
+                        "VAE trained on the images first (the paper's stacked model)")
+    parser.add_argument("--m1-epochs", type=int, default=50, help="M1's epochs (m1-m2)")
     parser.add_argument("--lr", type=float, default=4.2e-4)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--label-seed", type=int, default=0)
@@ -487,7 +595,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The settings a run's name and the README's "settings" column report when changed.
-KNOBS = ("seed", "label_seed", "alpha", "hidden", "z_dim", "repeat", "batches", "pixels", "lr",
+KNOBS = ("seed", "label_seed", "model", "m1_epochs", "alpha", "hidden", "z_dim", "repeat", "batches", "pixels", "lr",
          "batch_size")
 DEFAULTS = {k: parser().get_default(k) for k in KNOBS}
 
@@ -504,6 +612,11 @@ def arguments() -> argparse.Namespace:
         p.error(f"--lr must be positive, got {args.lr}")
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.m1_epochs < 1:
+        p.error(f"--m1-epochs must be at least 1, got {args.m1_epochs}")
+    if args.model == "m1-m2" and args.pixels == "grey":
+        p.error("--model m1-m2 trains M1 on binarized images: --pixels grey is for m2")
+    args.m1_hidden = 500
     return args
 
 
@@ -516,6 +629,7 @@ def main() -> None:
     data = load_dataset("mnist" if args.pixels == "grey" else "mnist-binary")
     if args.quick:
         data, args.epochs, args.hidden = data.subset(train=2000, test=500), 2, 64
+        args.m1_epochs, args.m1_hidden = 2, 64
         args.labels, args.validation = [100], 500
     for n_labels in args.labels:
         run(n_labels, args, data)
