@@ -37,20 +37,29 @@ Networks as in Pyro's example: one hidden layer of 500 softplus units in the cla
 encoder of z (input: x and y one-hot) and the decoder (input: z and y one-hot); 50 latent
 dimensions; Adam ``--lr`` 4.2e-4; ``--batch-size`` 200.
 
+``--model m1-m2`` is the paper's stacked model (its section 3.2, :class:`StackedM2`): M1,
+a VAE (784-500-500-50 tanh, Adam 1e-3, batch 100, ``--m1-epochs`` 50) trained on the 50,000
+training images without labels, then M2 on M1's posterior samples of its code z1, a
+Gaussian p(z1 | y, z2) in place of the pixels' Bernoulli; M1 is trained once (runs/m1-...)
+and shared by every label count and label set.
+
 Each setting and label count is a run directory (runs/labels-N plus the settings changed)
 that resumes: run the same command with more ``--epochs``. A validation run writes
 results/semi_supervised/validation/NAME.json; the same command with ``--test`` continues
-(or reopens) that run and reads the test set once, after its last epoch, into
-results/NAME.json, with style-N.png. README.md and validation_error.png are rebuilt from
-all of them; before/ keeps the previous round's runs (all 60,000 images trained, settings
-screened on the test set).
+(or reopens) that run and reads the test set once, at the end, with the parameters of
+its epoch of lowest validation error (``best_epoch.pt`` in the run directory, kept as it
+trains), into results/NAME.json, with style-N.png. README.md and validation_error.png are
+rebuilt from all of them; before/ keeps the previous round's runs (all 60,000 images
+trained, settings screened on the test set).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -70,7 +79,17 @@ from pyro_vae import VAE, Callback, Config, build_model, fit, load_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
-from pyro_vae.rundir import load_run, read_data, read_metrics
+from pyro_vae.rundir import (
+    atomic_write,
+    declare_params,
+    load_checkpoint,
+    params_on,
+    read_data,
+    read_metrics,
+    read_model,
+    restore_params,
+)
+from pyro_vae.spec import rebuild
 from pyro_vae.traces import log_prob_per_point, replayed
 
 # Test error (%) of the paper's M2 (Kingma et al., 2014, Table 1), by number of labels.
@@ -81,6 +100,7 @@ PAPER_M1_M2 = {100: (3.33, 0.14), 600: (2.59, 0.05), 1000: (2.40, 0.02), 3000: (
 PYRO_TUTORIAL = {100: 6.81, 600: 5.63, 1000: 5.13, 3000: 4.18}
 CLASSES = 10
 VALIDATION = 10_000  # the last training images, held out for choosing settings (as the paper)
+BEST = "best_epoch.pt"  # in a run directory: the parameters of its lowest validation error
 
 
 class M2(nn.Module):
@@ -180,7 +200,7 @@ class StackedM2(M2):
 
     def __init__(self, m1_run: str, m1_epochs: int, z_dim: int = 50, hidden: int = 500,
                  alpha: float = 50.0, activation: str = "softplus"):
-        _, m1, _ = load_run(m1_run)
+        m1 = frozen_vae(Path(m1_run))
         done = len(read_metrics(Path(m1_run)))
         if done != m1_epochs:
             raise ValueError(f"M1 in {m1_run} has trained {done} epochs, this stacked model "
@@ -234,6 +254,23 @@ class StackedM2(M2):
         return self.m1.decode(z1_of)
 
 
+def frozen_vae(run_dir: Path) -> VAE:
+    """The VAE of ``run_dir`` with its checkpoint's parameters, never to be trained again
+    (``requires_grad`` off); its data are not loaded. Clears the param store."""
+    spec, state = read_model(run_dir), load_checkpoint(run_dir)
+    if spec is None or spec.factory != "pyro_vae.model:VAE":
+        raise ValueError(f"{run_dir} does not hold a pyro_vae VAE (its model: {spec}): M1 is one")
+    vae = rebuild(spec)
+    if spec.arguments.get("likelihood") != "bernoulli" or vae.latent != "gaussian":
+        raise ValueError(f"M1 is a VAE of binary images with a Gaussian z; {run_dir} holds "
+                         f"{spec}")
+    pyro.clear_param_store()
+    params = declare_params(vae.model, vae.guide, torch.zeros(1, spec.arguments["x_dim"]))
+    restore_params(params, state["params"], run_dir / "checkpoint.pt")
+    pyro.clear_param_store()  # the tensors stay the modules' own
+    return vae.requires_grad_(False)
+
+
 @dataclass
 class LabelledBatches(Dataset):
     """A semi-supervised dataset (labels ``-1`` where unknown) as ``fit`` trains on it:
@@ -279,13 +316,29 @@ class LabelledBatches(Dataset):
 
 
 class ValidationError(Callback):
-    """After every epoch: the classifier's error (%) on the validation images."""
+    """After every epoch: the classifier's error (%) on the validation images, and the
+    parameters of the epoch of lowest error so far kept in ``best`` (a file: the epoch a
+    final run is tested at, early stopping on the validation split; the earliest on ties)."""
 
-    def __init__(self, m2: M2, x: torch.Tensor, y: torch.Tensor):
-        self.m2, self.x, self.y = m2, x, y
+    def __init__(self, m2: M2, x: torch.Tensor, y: torch.Tensor, best: Path):
+        self.m2, self.x, self.y, self.best = m2, x, y, best
+        self.lowest = best_epoch(best)["validation_error"] if best.exists() else math.inf
 
     def after_epoch(self, epoch: int, record: dict) -> dict:
-        return {"validation_error": error(self.m2, self.x, self.y)}
+        now = error(self.m2, self.x, self.y)
+        if now < self.lowest:
+            self.lowest = now
+            params = {name: p.detach().cpu().clone()
+                      for name, p in pyro.get_param_store().named_parameters()}
+            buffer = io.BytesIO()
+            torch.save({"epoch": epoch, "validation_error": now, "params": params}, buffer)
+            atomic_write(self.best, buffer.getvalue())
+        return {"validation_error": now}
+
+
+def best_epoch(path: Path) -> dict:
+    """What :class:`ValidationError` kept: ``epoch``, ``validation_error``, ``params``."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def error(m2: M2, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -354,9 +407,13 @@ def run(n_labels: int, args, data) -> dict:
         raise SystemExit(f"{run_dir} was trained before runs recorded their validation split "
                          "(its data.json has no source), so it cannot resume or take --test: "
                          "move it aside and run the command again to train it afresh")
+    if resume and not (run_dir / BEST).exists():
+        raise SystemExit(f"{run_dir} was trained before runs kept their best validation epoch "
+                         f"({BEST}), so it cannot resume or take --test: move it aside and run "
+                         "the command again to train it afresh")
     start = time.perf_counter()
     metrics = fit(m2.model, m2.guide, semi, config, run_dir, resume=resume, quiet=args.quick,
-                  callbacks=[ValidationError(m2, x_valid, y_valid)])
+                  callbacks=[ValidationError(m2, x_valid, y_valid, run_dir / BEST)])
     wall = time.perf_counter() - start
     out = args.out / ("results" if args.test else "validation") / f"{name}.json"
     before = json.loads(out.read_text()) if resume and out.exists() else {}
@@ -380,7 +437,13 @@ def run(n_labels: int, args, data) -> dict:
     line = (f"{n_labels:5d} labels ({name}): validation error "
             f"{result['validation_error']:5.2f} % after {result['epochs']} epochs, "
             f"{minutes:.1f} min of training")
-    if args.test:  # the one reading of the test set
+    chosen = best_epoch(run_dir / BEST)
+    result.update(chosen_epoch=chosen["epoch"], chosen_validation_error=chosen[
+        "validation_error"])
+    if args.test:  # the one reading of the test set, at the epoch the validation chose
+        restore_params(params_on(config.device), chosen["params"], run_dir / BEST)
+        line += (f"; epoch {chosen['epoch']} chosen on validation "
+                 f"({chosen['validation_error']:.2f} %)")
         x_test = next(data.eval_batches("test", len(data.x_test)))
         result["test_error"] = error(m2, x_test, data.y_test)
         result["test_error_grey"] = error(m2, data.x_test, data.y_test)
@@ -446,7 +509,9 @@ def write_readme(out: Path) -> None:
         "which `labels` keep their label (balanced, drawn by the label seed), and scores "
         "its classifier q(y | x) on the last 10,000 (the validation split) after every "
         "epoch; settings are chosen there. A final run (`--test`) reads the 10,000 test "
-        "images once, after its last epoch. Errors in %; binarized runs are scored on one "
+        "images once, at the end, with the parameters of its epoch of lowest validation "
+        "error (kept as it trains: early stopping on the validation split); the epoch "
+        "column says which epoch of how many. Errors in %; binarized runs are scored on one "
         "fixed binarization (seed 0) of the validation or test images. Minutes: the epochs' "
         "training loops on the machine named.", "",
         "## Final runs: test error", "",
@@ -454,7 +519,8 @@ def write_readme(out: Path) -> None:
         "its table; enumeration and the auxiliary loss; mean of 5 label sets) and Kingma et "
         "al. (2014), Table 1 (M2 and M1+M2, mean ± standard deviation) beside ours.", "",
         "| labels | Pyro tutorial (%) | paper M2 (%) | paper M1+M2 (%) | ours (%) | "
-        "validation (%) | epochs | settings | training min | label seed, seed | machine |",
+        "validation (%) | epoch chosen | settings | training min | label seed, seed | "
+        "machine |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in final:
@@ -462,8 +528,9 @@ def write_readme(out: Path) -> None:
         lines.append(
             f"| {r['labels']} | {PYRO_TUTORIAL[r['labels']]:.2f} | {m2[0]:.2f} ± {m2[1]:.2f} "
             f"| {stacked[0]:.2f} ± {stacked[1]:.2f} | {r['test_error']:.2f} | "
-            f"{r['validation_error']:.2f} | {r['epochs']} | {settings_of(r)} | "
-            f"{r['training_minutes']:.1f} | {r['label_seed']}, {r['seed']} | {r['machine']} |")
+            f"{r['chosen_validation_error']:.2f} | {r['chosen_epoch']} of {r['epochs']} | "
+            f"{settings_of(r)} | {minutes_of(r)} | {r['label_seed']}, {r['seed']} | "
+            f"{r['machine']} |")
     if not final:
         lines.append("| (no final run yet) | | | | | | | | | | |")
     lines += ["", *seed_means(final), "## Validation runs: what chose the settings", "",
@@ -487,7 +554,7 @@ def write_readme(out: Path) -> None:
             f"| {r['labels']} | {settings_of(r)} | {r['epochs']} | "
             f"{r['validation_error']:.2f} | {low['validation_error']:.2f} ({low['epoch']}) | "
             f"{r['validation_bound']:.2f} | {signal} | "
-            f"{r['training_minutes']:.1f} | {r['label_seed']}, {r['seed']} |")
+            f"{minutes_of(r)} | {r['label_seed']}, {r['seed']} |")
     lines += ["", "![validation error against minutes](validation_error.png)", ""]
     if before:
         lines += ["## Before the validation split", "",
@@ -511,6 +578,13 @@ def write_readme(out: Path) -> None:
         lines += ["", notes.read_text()]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     error_curves([*validation, *final], out / "validation_error.png")
+
+
+def minutes_of(r: dict) -> str:
+    """A run's minutes of training, M1's (shared by every M1+M2 run) beside M2's."""
+    if r.get("model") == "m1-m2":
+        return f"{r['training_minutes']:.1f} + M1 {r['m1_minutes']:.1f}"
+    return f"{r['training_minutes']:.1f}"
 
 
 def settings_of(r: dict) -> str:
@@ -595,8 +669,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The settings a run's name and the README's "settings" column report when changed.
-KNOBS = ("seed", "label_seed", "model", "m1_epochs", "alpha", "hidden", "z_dim", "repeat", "batches", "pixels", "lr",
-         "batch_size")
+KNOBS = ("seed", "label_seed", "model", "m1_epochs", "alpha", "hidden", "z_dim", "repeat",
+         "batches", "pixels", "lr", "batch_size")
 DEFAULTS = {k: parser().get_default(k) for k in KNOBS}
 
 

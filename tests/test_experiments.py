@@ -272,11 +272,14 @@ def test_semi_supervised_quick(tmp_path):
     readme = (out / "README.md").read_text()
     assert f"| 100 | 6.81 | 11.97 ± 1.71 | 3.33 ± 0.14 | {final['test_error']:.2f} |" in readme
     assert (out / "style-100.png").read_bytes().startswith(b"\x89PNG")
-    # grey levels under the Bernoulli log-mass train too, under a name of their own
-    _run_quick("semi_supervised", tmp_path, "--pixels", "grey", "--repeat", "1")
-    grey = json.loads(next((out / "validation").glob("*pixelsgrey*")).read_text())
-    assert grey["pixels"] == "grey" and grey["repeat"] == 1 and grey["validation_bound"] < 0
-    assert "pixels grey" in (out / "README.md").read_text()
+    assert 1 <= final["chosen_epoch"] <= 2 and final["chosen_validation_error"] == min(
+        c["validation_error"] for c in final["curve"])  # tested at its best validation epoch
+    # the stacked M1+M2 trains M1 first, then M2 on its code, under a name of its own
+    _run_quick("semi_supervised", tmp_path, "--model", "m1-m2", "--repeat", "1")
+    stacked = json.loads(next((out / "validation").glob("*modelm1-m2*")).read_text())
+    assert stacked["model"] == "m1-m2" and stacked["m1_epochs"] == 2
+    assert stacked["validation_bound"] < 0 and stacked["m1_minutes"] > 0
+    assert "model m1-m2" in (out / "README.md").read_text()
     # the run opens like any other: log p(x) of unlabelled validation images, y summed out
     # (exactly, by enumeration), and the classifier's error on their labels
     from pyro_vae.cli import main
@@ -293,6 +296,13 @@ def test_semi_supervised_quick(tmp_path):
         "log_likelihood_stderr"]
     assert main(["plot", str(run), "--model", model]) == 0
     assert (run / "figures" / "reconstructions.png").read_bytes().startswith(b"\x89PNG")
+    stacked_run = next((out / "runs").glob("*modelm1-m2*"))
+    assert main(["evaluate", str(stacked_run), "--model",
+                 f"{EXPERIMENTS / 'semi_supervised.py'}:StackedM2", "--is-samples", "20"]) == 0
+    evaluation = json.loads((stacked_run / "evaluation.json").read_text())
+    assert evaluation["classification_error"] == pytest.approx(stacked["validation_error"])
+    assert evaluation["elbo"] <= evaluation["log_likelihood"] + 3 * evaluation[
+        "log_likelihood_stderr"]  # a bound on log p(x) of the images, y summed out
 
 
 @pytest.mark.usefixtures("mnist_binary")

@@ -129,3 +129,38 @@ def test_the_class_signal_is_nil_for_a_decoder_that_ignores_y(tiny_m2):
     seeing = M2_SCRIPT.class_signal(m2, x, y, draws=50)
     assert seeing["class_spread"] > 1.0 and m2.alpha == 2.0  # alpha restored
     assert M2_SCRIPT.class_signal(m2, x, y, draws=50) == seeing  # its own seeded stream
+
+
+def test_m1_m2_trains_m2_on_a_frozen_m1_and_bounds_log_p_of_the_images(tmp_path):
+    """M1+M2: M1's parameters stay as its run saved them while M2 trains on its code, none
+    of them enters the param store, and the stacked bound of an image is no more than its
+    IS estimate of log p(x) (y summed out, z1 and z2 sampled); an M1 trained for other
+    epochs than recorded is refused."""
+    from pyro_vae import VAE, Config, fit
+    from pyro_vae.evaluate import log_likelihood
+
+    y = torch.arange(400) % 10
+    x = torch.bernoulli(torch.full((400, 6), 0.3).add(0.05 * (y[:, None] % 3)))
+    data = Dataset("d", x, x[:40], y, y[:40])
+    pyro.set_rng_seed(0)
+    m1 = VAE(6, z_dim=3, hidden=[8])
+    fit(m1.model, m1.guide, data, Config(epochs=2, batch_size=50), tmp_path / "m1", quiet=True)
+    with pytest.raises(ValueError, match="has trained 2 epochs, this stacked model was "
+                       "built on it after 3"):
+        M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=3)
+    stacked = M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=2, z_dim=2, hidden=8)
+    saved = {k: v.clone() for k, v in stacked.m1.state_dict().items()}
+    assert all(torch.equal(saved[k], v) for k, v in m1.state_dict().items())  # the run's M1
+    before = stacked.classifier[0].weight.clone()
+    fit(stacked.model, stacked.guide, data.keep_labels(50), Config(elbo="enum", epochs=1,
+        batch_size=50), quiet=True)
+    assert not torch.equal(before, stacked.classifier[0].weight)  # M2 trained ...
+    assert all(torch.equal(saved[k], v) for k, v in stacked.m1.state_dict().items())  # M1 not
+    m1_tensors = {p.data_ptr() for p in stacked.m1.parameters()}
+    assert not m1_tensors & {p.data_ptr() for _, p in pyro.get_param_store().named_parameters()}
+    unlabelled = torch.full((40,), -1)
+    bound = -make_elbo("enum", num_particles=200).loss(stacked.model, stacked.guide, x[:40],
+                                                         unlabelled) / 40
+    ll = log_likelihood(stacked.model, stacked.guide, x[:40], num_samples=200, y=unlabelled)
+    assert bound <= ll.mean().item() + 0.05 and ll.mean().item() - bound < 5.0
+    assert stacked.classify(x[:5]).shape == (5,) and stacked.restyle(x[:2]).shape == (2, 10, 6)
