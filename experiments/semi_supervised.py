@@ -40,8 +40,9 @@ dimensions; Adam ``--lr`` 4.2e-4; ``--batch-size`` 200.
 ``--model m1-m2`` is the paper's stacked model (its section 3.2, :class:`StackedM2`): M1,
 a VAE (784-500-500-50 tanh, Adam 1e-3, batch 100, ``--m1-epochs`` 50) trained on the 50,000
 training images without labels, then M2 on M1's posterior samples of its code z1, a
-Gaussian p(z1 | y, z2) in place of the pixels' Bernoulli; M1 is trained once (runs/m1-...)
-and shared by every label count and label set.
+Gaussian p(z1 | y, z2) in place of the pixels' Bernoulli, over M1's active dimensions only
+(``--m1-dims active``, as the paper's code; the others keep M1's prior N(0, 1)); M1 is
+trained once (runs/m1-...) and shared by every label count and label set.
 
 Each setting and label count is a run directory (runs/labels-N plus the settings changed)
 that resumes: run the same command with more ``--epochs``. A validation run writes
@@ -77,6 +78,7 @@ from torch import nn
 
 from pyro_vae import VAE, Callback, Config, build_model, fit, load_dataset
 from pyro_vae.data import Dataset
+from pyro_vae.evaluate import active_units
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
 from pyro_vae.rundir import (
@@ -198,27 +200,36 @@ class StackedM2(M2):
     images, so ``pyro-vae evaluate`` scores the stacked model like any other. The classifier
     reads :math:`z_1` (its mean when classifying); ``z_dim`` is the size of :math:`z_2`."""
 
-    def __init__(self, m1_run: str, m1_epochs: int, z_dim: int = 50, hidden: int = 500,
-                 alpha: float = 50.0, activation: str = "softplus"):
+    def __init__(self, m1_run: str, m1_epochs: int, m1_active: list[int] | None = None,
+                 z_dim: int = 50, hidden: int = 500, alpha: float = 50.0,
+                 activation: str = "softplus"):
         m1 = frozen_vae(Path(m1_run))
         done = len(read_metrics(Path(m1_run)))
         if done != m1_epochs:
             raise ValueError(f"M1 in {m1_run} has trained {done} epochs, this stacked model "
                              f"was built on it after {m1_epochs}: a resumed M1 is another "
                              "model; retrain M1+M2 on it, or restore the M1 run")
-        features = m1.z_dim
-        super().__init__(features, z_dim, hidden, alpha, activation)
+        active = list(range(m1.z_dim)) if m1_active is None else m1_active
+        if not active or not set(active) <= set(range(m1.z_dim)):
+            raise ValueError(f"m1_active must name some of M1's dimensions 0..{m1.z_dim - 1}, "
+                             f"got {m1_active}")
+        super().__init__(len(active), z_dim, hidden, alpha, activation)
         self.m1 = m1.requires_grad_(False)
-        self.decoder = Encoder(z_dim + CLASSES, [hidden], features, activation)  # p(z1 | y, z2)
+        self.register_buffer("active", torch.tensor(active))
+        # p(z1[active] | y, z2); the inactive dimensions keep M1's prior N(0, 1)
+        self.decoder = Encoder(z_dim + CLASSES, [hidden], len(active), activation)
 
     def _generate(self, x, y, suffix: str):
         n = x.shape[0]
         z2 = pyro.sample(f"z{suffix}", dist.Normal(x.new_zeros(n, self.z_dim), 1.0).to_event(1))
         y = pyro.sample(f"y{suffix}", dist.Categorical(logits=x.new_zeros(n, CLASSES)), obs=y)
         loc, scale = self.decoder(concat(z2, F.one_hot(y, CLASSES).to(z2.dtype)))
+        shape = (*loc.shape[:-1], self.m1.z_dim)
+        loc = loc.new_zeros(shape).index_copy(-1, self.active, loc)
+        scale = scale.new_ones(shape).index_copy(-1, self.active, scale)
         z1 = pyro.sample(f"z1{suffix}", dist.Normal(loc, scale).to_event(1))
         pyro.sample(f"x{suffix}", dist.Bernoulli(logits=self.m1.decoder(z1)).to_event(1), obs=x)
-        return z1  # the guide's draw, replayed: the classification term reads it
+        return z1[..., self.active]  # the guide's draw, replayed: the classifier reads it
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         pyro.module("encoder", self.encoder)
@@ -226,11 +237,11 @@ class StackedM2(M2):
         known = y >= 0
         if known.any():
             with pyro.plate("labelled", int(known.sum())):
-                z1 = self._features(x[known], "_labelled")
+                z1 = self._features(x[known], "_labelled")[..., self.active]
                 self._infer_z(z1, y[known], "_labelled")
         if not known.all():
             with pyro.plate("data", int((~known).sum())):
-                z1 = self._features(x[~known], "")
+                z1 = self._features(x[~known], "")[..., self.active]
                 yu = pyro.sample("y", dist.Categorical(logits=self.classifier(z1)),
                                  infer={"enumerate": "parallel"})
                 self._infer_z(z1, yu, "")
@@ -243,15 +254,17 @@ class StackedM2(M2):
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most likely class under q(y | z1) at M1's posterior mean of z1."""
-        return self.classifier(self.m1.latent_posterior(x).mean).argmax(-1)
+        return self.classifier(self.m1.latent_posterior(x).mean[..., self.active]).argmax(-1)
 
     @torch.no_grad()
     def restyle(self, x: torch.Tensor) -> torch.Tensor:
         z1 = self.m1.latent_posterior(x).mean
-        loc, _ = self.encoder(concat(z1, F.one_hot(self.classify(x), CLASSES).to(x.dtype)))
+        loc, _ = self.encoder(concat(z1[..., self.active], F.one_hot(
+            self.classify(x), CLASSES).to(x.dtype)))
         classes = torch.eye(CLASSES, dtype=x.dtype, device=x.device)
-        z1_of, _ = self.decoder(concat(loc[:, None, :], classes))
-        return self.m1.decode(z1_of)
+        active, _ = self.decoder(concat(loc[:, None, :], classes))  # (n, 10, active)
+        z1 = z1[:, None, :].expand(-1, CLASSES, -1).index_copy(-1, self.active, active)
+        return self.m1.decode(z1)
 
 
 def frozen_vae(run_dir: Path) -> VAE:
@@ -392,9 +405,10 @@ def run(n_labels: int, args, data) -> dict:
     x_valid, y_valid = train.evaluation("test"), train.y_test  # one fixed binarization
     m1_minutes = 0.0
     if args.model == "m1-m2":
-        m1_dir, m1_minutes = train_m1(args, data)
+        m1_dir, m1_minutes, active = train_m1(args, data)
         pyro.set_rng_seed(args.seed)
         m2 = build_model(StackedM2, m1_run=str(m1_dir), m1_epochs=args.m1_epochs,
+                         m1_active=None if args.m1_dims == "all" else active,
                          z_dim=args.z_dim, hidden=args.hidden, alpha=args.alpha)
     else:
         pyro.set_rng_seed(args.seed)
@@ -427,7 +441,8 @@ def run(n_labels: int, args, data) -> dict:
         validation_error=metrics[-1]["validation_error"],
         validation_bound=-metrics[-1]["test_loss"], training_minutes=minutes,
         model=args.model, m1_minutes=m1_minutes,
-        **({"m1_epochs": args.m1_epochs} if args.model == "m1-m2" else {}),
+        **({"m1_epochs": args.m1_epochs, "m1_dims": args.m1_dims,
+            "m1_active": len(m2.active)} if args.model == "m1-m2" else {}),
         wall_minutes=before.get("wall_minutes", 0.0) + wall / 60,
         curve=[dict(epoch=m["epoch"], minutes=sum(k["seconds"] for k in metrics[:i + 1]) / 60,
                     validation_error=m["validation_error"]) for i, m in enumerate(metrics)],
@@ -455,24 +470,30 @@ def run(n_labels: int, args, data) -> dict:
     return result
 
 
-def train_m1(args, data: Dataset) -> tuple[Path, float]:
+def train_m1(args, data: Dataset) -> tuple[Path, float, list[int]]:
     """M1 of M1+M2: a VAE (784-500-500-50 tanh, the recipe of results/route_to_88) trained,
     or resumed, up to ``--m1-epochs`` on the first 50,000 training images without their
     labels, its test loss the bound on the validation images. One M1 serves every label
-    count, label set and seed. Its run directory and its minutes of training."""
+    count, label set and seed. Its run directory, its minutes of training, and its active
+    dimensions: those whose posterior mean varies over the training images with a
+    standard deviation above 0.1 (Burda et al.'s active units; Kingma's code for the paper,
+    ``learn_yz_x_ss.py`` in dpkingma/nips14-ssl, keeps the same dimensions for M2)."""
     run_dir = args.out / "runs" / f"m1-epochs{args.m1_epochs}"
     held = data.held_out(args.validation)
     resume = (run_dir / "checkpoint.pt").exists()
-    if resume and len(read_metrics(run_dir)) >= args.m1_epochs:
-        return run_dir, sum(m["seconds"] for m in read_metrics(run_dir)) / 60
-    pyro.set_rng_seed(0)
-    vae = VAE(data.x_dim, z_dim=50, hidden=[args.m1_hidden] * 2, activation="tanh")
-    config = Config(dataset=data.name, elbo="meanfield", lr=1e-3, eps=1e-4, batch_size=100,
-                    epochs=args.m1_epochs, seed=0, jit=True)
-    metrics = fit(vae.model, vae.guide, held, config, run_dir, resume=resume, quiet=args.quick)
-    print(f"M1 ({run_dir}): validation ELBO {-metrics[-1]['test_loss']:.2f} nats after "
-          f"{len(metrics)} epochs", flush=True)
-    return run_dir, sum(m["seconds"] for m in metrics) / 60
+    if not (resume and len(read_metrics(run_dir)) >= args.m1_epochs):
+        pyro.set_rng_seed(0)
+        vae = VAE(data.x_dim, z_dim=50, hidden=[args.m1_hidden] * 2, activation="tanh")
+        config = Config(dataset=data.name, elbo="meanfield", lr=1e-3, eps=1e-4,
+                        batch_size=100, epochs=args.m1_epochs, seed=0, jit=True)
+        metrics = fit(vae.model, vae.guide, held, config, run_dir, resume=resume,
+                      quiet=args.quick)
+        print(f"M1 ({run_dir}): validation ELBO {-metrics[-1]['test_loss']:.2f} nats after "
+              f"{len(metrics)} epochs", flush=True)
+    vae = frozen_vae(run_dir)
+    _, variances = active_units(vae.guide, held.evaluation("train"))
+    active = torch.nonzero(variances > 0.01).flatten().tolist()
+    return run_dir, sum(m["seconds"] for m in read_metrics(run_dir)) / 60, active
 
 
 def run_name(n_labels: int, args) -> str:
@@ -653,6 +674,9 @@ def parser() -> argparse.ArgumentParser:
                         help="m2: M2 on the pixels; m1-m2: M2 on the latent code of M1, a "
                         "VAE trained on the images first (the paper's stacked model)")
     parser.add_argument("--m1-epochs", type=int, default=50, help="M1's epochs (m1-m2)")
+    parser.add_argument("--m1-dims", choices=["active", "all"], default="active",
+                        help="the dimensions of M1's code that M2 models (m1-m2): its active "
+                        "units (the rest keep M1's prior), as the paper's code does, or all")
     parser.add_argument("--lr", type=float, default=4.2e-4)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--label-seed", type=int, default=0)
@@ -669,8 +693,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The settings a run's name and the README's "settings" column report when changed.
-KNOBS = ("seed", "label_seed", "model", "m1_epochs", "alpha", "hidden", "z_dim", "repeat",
-         "batches", "pixels", "lr", "batch_size")
+KNOBS = ("seed", "label_seed", "model", "m1_epochs", "m1_dims", "alpha", "hidden", "z_dim",
+         "repeat", "batches", "pixels", "lr", "batch_size")
 DEFAULTS = {k: parser().get_default(k) for k in KNOBS}
 
 

@@ -138,6 +138,7 @@ def test_m1_m2_trains_m2_on_a_frozen_m1_and_bounds_log_p_of_the_images(tmp_path)
     epochs than recorded is refused."""
     from pyro_vae import VAE, Config, fit
     from pyro_vae.evaluate import log_likelihood
+    from pyro_vae.traces import replayed
 
     y = torch.arange(400) % 10
     x = torch.bernoulli(torch.full((400, 6), 0.3).add(0.05 * (y[:, None] % 3)))
@@ -148,7 +149,18 @@ def test_m1_m2_trains_m2_on_a_frozen_m1_and_bounds_log_p_of_the_images(tmp_path)
     with pytest.raises(ValueError, match="has trained 2 epochs, this stacked model was "
                        "built on it after 3"):
         M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=3)
-    stacked = M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=2, z_dim=2, hidden=8)
+    every = M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=2, z_dim=2, hidden=8)
+    assert every.classifier[0].in_features == 3  # all of M1's code
+    with pytest.raises(ValueError, match=r"m1_active must name some of M1's dimensions 0..2"):
+        M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=2, m1_active=[0, 3])
+    # M2 models dimensions 0 and 2 of z1; dimension 1 keeps M1's prior
+    stacked = M2_SCRIPT.StackedM2(str(tmp_path / "m1"), m1_epochs=2, m1_active=[0, 2],
+                                  z_dim=2, hidden=8)
+    assert stacked.classifier[0].in_features == 2
+    model_trace, _ = replayed(stacked.model, stacked.guide, x[:4], y[:4])
+    prior = model_trace.nodes["z1_labelled"]["fn"].base_dist
+    assert (prior.loc[:, 1] == 0).all() and (prior.scale[:, 1] == 1).all()
+    assert (prior.scale[:, [0, 2]] != 1).all()  # M2's p(z1 | y, z2)
     saved = {k: v.clone() for k, v in stacked.m1.state_dict().items()}
     assert all(torch.equal(saved[k], v) for k, v in m1.state_dict().items())  # the run's M1
     before = stacked.classifier[0].weight.clone()
