@@ -78,7 +78,6 @@ from torch import nn
 
 from pyro_vae import VAE, Callback, Config, build_model, fit, load_dataset
 from pyro_vae.data import Dataset
-from pyro_vae.evaluate import active_units
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
 from pyro_vae.rundir import (
@@ -490,9 +489,9 @@ def train_m1(args, data: Dataset) -> tuple[Path, float, list[int]]:
                       quiet=args.quick)
         print(f"M1 ({run_dir}): validation ELBO {-metrics[-1]['test_loss']:.2f} nats after "
               f"{len(metrics)} epochs", flush=True)
-    vae = frozen_vae(run_dir)
-    _, variances = active_units(vae.guide, held.evaluation("train"))
-    active = torch.nonzero(variances > 0.01).flatten().tolist()
+    with torch.no_grad():
+        means = frozen_vae(run_dir).latent_posterior(held.evaluation("train")).mean
+    active = torch.nonzero(means.var(dim=0) > 0.01).flatten().tolist()
     return run_dir, sum(m["seconds"] for m in read_metrics(run_dir)) / 60, active
 
 
