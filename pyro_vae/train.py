@@ -334,8 +334,8 @@ def _open_run(run_dir: Path, config: Config, recorded: dict, spec: ModelSpec | N
     if changed:
         raise RunError(f"cannot resume {run_dir} on other data: {'; '.join(changed)}")
     saved_spec = read_model(run_dir)
-    same = (saved_spec is None) == (spec is None) and (spec is None or (
-        saved_spec.factory, saved_spec.arguments) == (spec.factory, spec.arguments))
+    same = (saved_spec is None) == (spec is None) and (spec is None or (  # two spellings
+        saved_spec.short_name, saved_spec.arguments) == (spec.short_name, spec.arguments))
     if not same:
         raise RunError(f"cannot resume {run_dir} with another model: it holds "
                        f"{saved_spec or 'a model without a spec'}, given {spec or 'one without'}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import VAE, Config, ModelSpec, RunError, build_model, fit, load_run
+from pyro_vae import VAE, Config, Dataset, ModelSpec, RunError, build_model, fit, load_run
 from pyro_vae.cli import main
 from pyro_vae.rundir import LOCK, METRICS, writer_lock
 from pyro_vae.spec import name_of, rebuild
@@ -158,6 +158,30 @@ def test_a_model_rebuilt_from_an_edited_factory_file_is_refused_by_name(
     assert rebuilt.spec.arguments == {"z_dim": 3} and isinstance(
         rebuilt.encoder.net[1], torch.nn.Tanh)  # the edited code, as asked
     assert "rebuilding edited.py:make from an edited" in capsys.readouterr().err
+
+
+def test_a_run_resumes_from_its_factory_in_another_checkout_and_not_from_another(
+        tmp_path, monkeypatch):
+    """The factory is recorded as spelled where the run started (``/a/x.py:make``); a copy
+    of the same file elsewhere (``/b/x.py:make``) resumes it, another factory does not."""
+    source = ("from pyro_vae import VAE\n\n"
+              "def make(z_dim=2):\n    return VAE(x_dim=6, z_dim=z_dim, hidden=[4])\n\n"
+              "def other(z_dim=2):\n    return VAE(x_dim=6, z_dim=z_dim, hidden=[4])\n")
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "x.py").write_text(source)
+    data = Dataset("d", torch.bernoulli(torch.full((40, 6), 0.5)), torch.zeros(8, 6))
+    first = build_model(f"{tmp_path / 'a' / 'x.py'}:make")
+    fit(first.model, first.guide, data, Config(epochs=1, batch_size=20), tmp_path / "run",
+        quiet=True)
+    copy = build_model(f"{tmp_path / 'b' / 'x.py'}:make")
+    metrics = fit(copy.model, copy.guide, data, Config(epochs=2, batch_size=20),
+                  tmp_path / "run", resume=True, quiet=True)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    other = build_model(f"{tmp_path / 'b' / 'x.py'}:other")
+    with pytest.raises(RunError, match="cannot resume .* with another model"):
+        fit(other.model, other.guide, data, Config(epochs=3, batch_size=20), tmp_path / "run",
+            resume=True, quiet=True)
 
 
 def test_runs_of_the_first_format_are_refused_by_name(mnist_small, tmp_path):
