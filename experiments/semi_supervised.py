@@ -396,7 +396,8 @@ def machine() -> str:
 def run(n_labels: int, args, data) -> dict:
     """Train (or resume) the run of ``n_labels`` labels up to ``args.epochs`` on the first
     50,000 training images, its classifier scored on the last 10,000 after every epoch;
-    with ``--test``, the test set is read once, after the last epoch. Its result."""
+    with ``--test``, the test set is read, at the end, by the parameters of the epoch of
+    lowest validation error. Its result."""
     name = run_name(n_labels, args)
     run_dir = args.out / "runs" / name
     train = data.held_out(args.validation).keep_labels(n_labels, args.label_seed)
@@ -406,8 +407,8 @@ def run(n_labels: int, args, data) -> dict:
     if args.model == "m1-m2":
         m1_dir, m1_minutes, active = train_m1(args, data)
         pyro.set_rng_seed(args.seed)
-        m2 = build_model(StackedM2, m1_run=str(m1_dir), m1_epochs=args.m1_epochs,
-                         m1_active=None if args.m1_dims == "all" else active,
+        dims = {} if args.m1_dims == "all" else {"m1_active": active}
+        m2 = build_model(StackedM2, m1_run=str(m1_dir), m1_epochs=args.m1_epochs, **dims,
                          z_dim=args.z_dim, hidden=args.hidden, alpha=args.alpha)
     else:
         pyro.set_rng_seed(args.seed)
@@ -424,6 +425,8 @@ def run(n_labels: int, args, data) -> dict:
         raise SystemExit(f"{run_dir} was trained before runs kept their best validation epoch "
                          f"({BEST}), so it cannot resume or take --test: move it aside and run "
                          "the command again to train it afresh")
+    if not resume:  # a best epoch left by a run that died before its first checkpoint
+        (run_dir / BEST).unlink(missing_ok=True)
     start = time.perf_counter()
     metrics = fit(m2.model, m2.guide, semi, config, run_dir, resume=resume, quiet=args.quick,
                   callbacks=[ValidationError(m2, x_valid, y_valid, run_dir / BEST)])
@@ -452,6 +455,12 @@ def run(n_labels: int, args, data) -> dict:
             f"{result['validation_error']:5.2f} % after {result['epochs']} epochs, "
             f"{minutes:.1f} min of training")
     chosen = best_epoch(run_dir / BEST)
+    if not (chosen["epoch"] <= len(metrics) and metrics[chosen["epoch"] - 1][
+            "validation_error"] == chosen["validation_error"]):
+        raise SystemExit(f"{run_dir / BEST} (epoch {chosen['epoch']}, "
+                         f"{chosen['validation_error']:.2f} %) is not an epoch of this run's "
+                         "metrics: it was left by an interrupted run; move the run aside and "
+                         "train it afresh")
     result.update(chosen_epoch=chosen["epoch"], chosen_validation_error=chosen[
         "validation_error"])
     if args.test:  # the one reading of the test set, at the epoch the validation chose
@@ -498,7 +507,7 @@ def train_m1(args, data: Dataset) -> tuple[Path, float, list[int]]:
 def run_name(n_labels: int, args) -> str:
     """``labels-N``, then each setting that is not its default (``-repeat1-pixelsgrey``)."""
     changed = "".join(f"-{k.replace('_', '')}{v}" for k, v in vars(args).items()
-                      if k in KNOBS and v != DEFAULTS[k])
+                      if k in knobs_of(args.model) and v != DEFAULTS[k])
     return f"labels-{n_labels}{changed}"
 
 
@@ -523,7 +532,7 @@ def write_readme(out: Path) -> None:
     if not (final or validation):
         return
     lines = [
-        "# Semi-supervised MNIST: M2 with enumerated labels", "",
+        "# Semi-supervised MNIST: M2 and M1+M2 with enumerated labels", "",
         "Written by `experiments/semi_supervised.py` (its docstring gives the model, data "
         "and settings). Every run trains on the first 50,000 MNIST training images, of "
         "which `labels` keep their label (balanced, drawn by the label seed), and scores "
@@ -533,7 +542,10 @@ def write_readme(out: Path) -> None:
         "error (kept as it trains: early stopping on the validation split); the epoch "
         "column says which epoch of how many. Errors in %; binarized runs are scored on one "
         "fixed binarization (seed 0) of the validation or test images. Minutes: the epochs' "
-        "training loops on the machine named.", "",
+        "training loops on the machine named. Runs with `model m1-m2` are the paper's "
+        "stacked M1+M2 (M2 on the code of M1, a VAE trained first on the 50,000 training "
+        "images without labels, shared by every M1+M2 run): their minutes are M2's, plus "
+        "M1's once.", "",
         "## Final runs: test error", "",
         "Pyro's SS-VAE tutorial (`tutorial/source/ss-vae.ipynb` in the pyro repository, "
         "its table; enumeration and the auxiliary loss; mean of 5 label sets) and Kingma et "
@@ -609,8 +621,8 @@ def minutes_of(r: dict) -> str:
 
 def settings_of(r: dict) -> str:
     """What a result's settings change from the defaults, or 'defaults'."""
-    changed = [f"{k} {r[k]}" for k in KNOBS if k not in ("seed", "label_seed")
-               and r.get(k, DEFAULTS[k]) != DEFAULTS[k]]
+    changed = [f"{k} {r[k]}" for k in knobs_of(r.get("model", "m2"))
+               if k not in ("seed", "label_seed") and r.get(k, DEFAULTS[k]) != DEFAULTS[k]]
     return ", ".join(changed) or "defaults"
 
 
@@ -645,7 +657,8 @@ def error_curves(results: list[dict], path: Path) -> None:
     ticks = [2, 3, 4, 5, 7, 10, 15, 20, 30, 50]
     ax.set_yticks(ticks, labels=[str(t) for t in ticks])
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_title("M2 on MNIST: error on the 10,000 validation images", fontsize=11)
+    ax.set_title("M2 and M1+M2 on MNIST: error on the 10,000 validation images "
+                 "(minutes: M2's; M1's are shared)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -681,8 +694,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-seed", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test", action="store_true",
-                        help="a final run: read the test set once, after the last epoch "
-                        "(without it, only the validation split is scored)")
+                        help="a final run: read the test set once, at the end, with the "
+                        "parameters of the epoch of lowest validation error (without it, "
+                        "only the validation split is scored)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, help="default: results/semi_supervised/, or "
                         "runs/quick/semi_supervised/ with --quick")
@@ -695,6 +709,11 @@ def parser() -> argparse.ArgumentParser:
 KNOBS = ("seed", "label_seed", "model", "m1_epochs", "m1_dims", "alpha", "hidden", "z_dim",
          "repeat", "batches", "pixels", "lr", "batch_size")
 DEFAULTS = {k: parser().get_default(k) for k in KNOBS}
+
+
+def knobs_of(model: str) -> tuple[str, ...]:
+    """The knobs that name a run of ``model``: M1's only for M1+M2."""
+    return KNOBS if model == "m1-m2" else tuple(k for k in KNOBS if not k.startswith("m1_"))
 
 
 def arguments() -> argparse.Namespace:
