@@ -5,6 +5,8 @@ with 100, 600, 1000 and 3000 labels.
     .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10     # validation
     .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10 --batches mixed
     .venv/bin/python experiments/semi_supervised.py --labels 100 --epochs 10 --test  # final
+    .venv/bin/python experiments/semi_supervised.py --model m1-m2 --labels 100 --epochs 30 \
+        --repeat 50 --lr 0.002                                    # M1+M2 (M1 trained first)
     .venv/bin/python experiments/semi_supervised.py --quick          # seconds (tests)
 
 The generative model, for every image, labelled or not:
