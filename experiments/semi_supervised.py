@@ -503,6 +503,11 @@ def train_m1(args, data: Dataset) -> tuple[Path, float, list[int]]:
     with torch.no_grad():
         means = frozen_vae(run_dir).latent_posterior(held.evaluation("train")).mean
     active = torch.nonzero(means.var(dim=0) > 0.01).flatten().tolist()
+    if not active and args.m1_dims == "active":
+        raise SystemExit(f"M1 ({run_dir}) has no active dimension after {args.m1_epochs} "
+                         f"epochs (posterior-mean variance above 0.01 in none of its "
+                         f"{means.shape[1]}): train it longer (--m1-epochs) or model every "
+                         "dimension (--m1-dims all)")
     return run_dir, sum(m["seconds"] for m in read_metrics(run_dir)) / 60, active
 
 

@@ -275,7 +275,11 @@ def test_semi_supervised_quick(tmp_path):
     assert 1 <= final["chosen_epoch"] <= 2 and final["chosen_validation_error"] == min(
         c["validation_error"] for c in final["curve"])  # tested at its best validation epoch
     # the stacked M1+M2 trains M1 first, then M2 on its code, under a name of its own
-    _run_quick("semi_supervised", tmp_path, "--model", "m1-m2", "--repeat", "1")
+    # (2 quick epochs leave M1 without an active dimension: M2 models all of them)
+    with pytest.raises(SystemExit, match="has no active dimension after 2 epochs"):
+        _run_quick("semi_supervised", tmp_path, "--model", "m1-m2", "--repeat", "1")
+    _run_quick("semi_supervised", tmp_path, "--model", "m1-m2", "--repeat", "1",
+               "--m1-dims", "all")
     stacked = json.loads(next((out / "validation").glob("*modelm1-m2*")).read_text())
     assert stacked["model"] == "m1-m2" and stacked["m1_epochs"] == 2
     assert stacked["validation_bound"] < 0 and stacked["m1_minutes"] > 0
