@@ -59,7 +59,6 @@ trained, settings screened on the test set).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -83,7 +82,7 @@ from pyro_vae.data import Dataset
 from pyro_vae.networks import Decoder, Encoder, concat, mlp
 from pyro_vae.plots import image_panels
 from pyro_vae.rundir import (
-    atomic_write,
+    atomic_save,
     declare_params,
     load_checkpoint,
     params_on,
@@ -143,13 +142,21 @@ class M2(nn.Module):
                 self._generate(x[~known], None, "")
 
     def _generate(self, x, y, suffix: str) -> torch.Tensor:
-        """The sites of one plate's images; returns what the classifier reads (x)."""
+        """The sites of one plate's images; returns what the classifier reads."""
         n = x.shape[0]
         z = pyro.sample(f"z{suffix}", dist.Normal(x.new_zeros(n, self.z_dim), 1.0).to_event(1))
         y = pyro.sample(f"y{suffix}", dist.Categorical(logits=x.new_zeros(n, CLASSES)), obs=y)
-        logits = self.decoder(concat(z, F.one_hot(y, CLASSES).to(z.dtype)))
+        return self._observe(x, z, F.one_hot(y, CLASSES).to(z.dtype), suffix)
+
+    def _observe(self, x, z, y_hot, suffix: str) -> torch.Tensor:
+        """p(x | y, z) observed; returns what the classifier reads (the pixels)."""
+        logits = self.decoder(concat(z, y_hot))
         likelihood = dist.Bernoulli(logits=logits, validate_args=False if self.grey else None)
         pyro.sample(f"x{suffix}", likelihood.to_event(1), obs=x)
+        return x
+
+    def _read(self, x, suffix: str) -> torch.Tensor:
+        """What the guide's networks read of the images: the pixels themselves."""
         return x
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -158,10 +165,10 @@ class M2(nn.Module):
         known = y >= 0
         if known.any():
             with pyro.plate("labelled", int(known.sum())):
-                self._infer_z(x[known], y[known], "_labelled")
+                self._infer_z(self._read(x[known], "_labelled"), y[known], "_labelled")
         if not known.all():
             with pyro.plate("data", int((~known).sum())):
-                xu = x[~known]
+                xu = self._read(x[~known], "")
                 yu = pyro.sample("y", dist.Categorical(logits=self.classifier(xu)),
                                  infer={"enumerate": "parallel"})
                 self._infer_z(xu, yu, "")
@@ -220,37 +227,23 @@ class StackedM2(M2):
         # p(z1[active] | y, z2); the inactive dimensions keep M1's prior N(0, 1)
         self.decoder = Encoder(z_dim + CLASSES, [hidden], len(active), activation)
 
-    def _generate(self, x, y, suffix: str):
-        n = x.shape[0]
-        z2 = pyro.sample(f"z{suffix}", dist.Normal(x.new_zeros(n, self.z_dim), 1.0).to_event(1))
-        y = pyro.sample(f"y{suffix}", dist.Categorical(logits=x.new_zeros(n, CLASSES)), obs=y)
-        loc, scale = self.decoder(concat(z2, F.one_hot(y, CLASSES).to(z2.dtype)))
+    def _observe(self, x, z2, y_hot, suffix: str) -> torch.Tensor:
+        """z1 ~ p(z1 | y, z2), then x ~ p(x | z1) of M1, observed; returns the active part
+        of the guide's z1 (replayed), which the classifier reads."""
+        loc, scale = self.decoder(concat(z2, y_hot))
         shape = (*loc.shape[:-1], self.m1.z_dim)
         loc = loc.new_zeros(shape).index_copy(-1, self.active, loc)
         scale = scale.new_ones(shape).index_copy(-1, self.active, scale)
         z1 = pyro.sample(f"z1{suffix}", dist.Normal(loc, scale).to_event(1))
         pyro.sample(f"x{suffix}", dist.Bernoulli(logits=self.m1.decoder(z1)).to_event(1), obs=x)
-        return z1[..., self.active]  # the guide's draw, replayed: the classifier reads it
+        return z1[..., self.active]
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        pyro.module("encoder", self.encoder)
-        pyro.module("classifier", self.classifier)
-        known = y >= 0
-        if known.any():
-            with pyro.plate("labelled", int(known.sum())):
-                z1 = self._features(x[known], "_labelled")[..., self.active]
-                self._infer_z(z1, y[known], "_labelled")
-        if not known.all():
-            with pyro.plate("data", int((~known).sum())):
-                z1 = self._features(x[~known], "")[..., self.active]
-                yu = pyro.sample("y", dist.Categorical(logits=self.classifier(z1)),
-                                 infer={"enumerate": "parallel"})
-                self._infer_z(z1, yu, "")
-
-    def _features(self, x, suffix: str) -> torch.Tensor:
+    def _read(self, x, suffix: str) -> torch.Tensor:
+        """z1 ~ q_M1(z1 | x), the guide's first site; its active part is what the guide's
+        networks read."""
         with torch.no_grad():
             posterior = self.m1.latent_posterior(x)
-        return pyro.sample(f"z1{suffix}", posterior)
+        return pyro.sample(f"z1{suffix}", posterior)[..., self.active]
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -344,9 +337,7 @@ class ValidationError(Callback):
             self.lowest = now
             params = {name: p.detach().cpu().clone()
                       for name, p in pyro.get_param_store().named_parameters()}
-            buffer = io.BytesIO()
-            torch.save({"epoch": epoch, "validation_error": now, "params": params}, buffer)
-            atomic_write(self.best, buffer.getvalue())
+            atomic_save(self.best, {"epoch": epoch, "validation_error": now, "params": params})
         return {"validation_error": now}
 
 

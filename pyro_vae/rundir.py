@@ -294,11 +294,16 @@ def metrics_of(state: dict) -> list[dict] | None:
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    # Serialized in memory first: torch's zip writer turns a failed write into a
-    # RuntimeError without its cause; our own write keeps the OSError (ENOSPC, EIO, ...).
+    atomic_save(run_dir / CHECKPOINT, state)
+
+
+def atomic_save(path: str | Path, state: dict) -> Path:
+    """``torch.save(state)`` to ``path`` by :func:`atomic_write`. Serialized in memory first:
+    torch's zip writer turns a failed write into a RuntimeError without its cause; our own
+    write keeps the OSError (ENOSPC, EIO, ...)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(run_dir / CHECKPOINT, buffer.getvalue())
+    return atomic_write(path, buffer.getvalue())
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
