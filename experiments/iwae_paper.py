@@ -18,7 +18,7 @@ dynamically binarized MNIST, and
   1e-3 * 10^(-i/7), i = 0..7, 3,280 epochs in all (``Config(schedule="iwae")``).
 
 A row is ESTIMATOR-K: ``vae-1`` is the standard ELBO with one sample (Pyro's ``Trace_ELBO``,
-sampled KL, compiled), ``iwae-K`` the K-sample importance-weighted bound
+sampled KL), ``iwae-K`` the K-sample importance-weighted bound
 (:class:`pyro_vae.ImportanceWeightedELBO`). ``--stages N`` trains the schedule's first N
 stages, (3^N - 1) / 2 epochs; the full recipe is ``--stages 8``. A run is a run directory
 that resumes where it stopped: run the same command again (or with more stages) to go on,
@@ -219,7 +219,7 @@ def run(layers: int, row: str, data, args) -> dict:
             print(f"{label}: done before, read from {saved}", flush=True)
             return result
     name, k = parse(row)
-    config = Config(**RECIPE, elbo=name, particles=k, jit=name == "trace", epochs=args.epochs,
+    config = Config(**RECIPE, elbo=name, particles=k, epochs=args.epochs,
                     seed=args.seed, device=args.device)
     pyro.set_rng_seed(args.seed)
     vae = network(layers, data.x_dim)

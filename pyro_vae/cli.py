@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from .callbacks import TensorBoard
 from .config import OPTIMIZERS, Config
 from .data import DATASETS, EVAL_SEED, fetch, load_dataset, load_recorded
 from .distributed import World
-from .estimators import COMPILABLE, ESTIMATORS
+from .engine import EagerFallback
+from .estimators import ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .model import LATENTS, VAE
 from .networks import ACTIVATIONS, NETWORKS
@@ -64,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     # Pyro's argument checks cost up to a third of an uncompiled step; fit runs them on its
     # first batch, and a diverging run still stops on its NaN loss. The tests keep them on.
     pyro.enable_validation(False)
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **options):  # the engine's fallback: one line
+        if issubclass(category, EagerFallback):
+            print(f"pyro-vae: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **options)
+
+    warnings.showwarning = show
     try:
         return args.command(args)
     except WriteError as e:  # a full disk, a read-only folder: what is intact, no traceback
@@ -85,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 def _raised_by_pyro_vae(e: BaseException) -> bool:
@@ -127,15 +140,11 @@ def train(args: argparse.Namespace) -> int:
         if args.model and vae_flags:
             raise ValueError(f"{_flags(vae_flags)} describe the built-in VAE; a model from "
                              "--model takes its arguments from --model-args (a JSON object)")
-        # A compiled trace is exact for the built-in VAE, which is static; not assumed of
-        # others, nor of discrete draws (a traced sampler of one-hot codes is not tested).
-        given.setdefault("jit", not args.model and args.latent in (None, "gaussian")
-                         and given.get("elbo", Config.elbo) in COMPILABLE)
         given.setdefault("dataset", DEFAULT_DATASET)
         config = Config(**given)
         run_dir = world.broadcast(Path(args.out or _default_run_dir(config, args)))
     if world.size > 1 and args.jit is None:
-        config.jit = False  # a distributed run is not compiled (same numbers, see --jit)
+        config.jit = False  # a distributed run steps with Pyro (DDP around its loss)
     config.check()  # bad options fail here, before data is fetched or anything is written
     model_args = _json_object(args.model_args)  # and so do bad model options
     if args.resume:  # the factory's checks; the RNG as a new run's is when it builds
@@ -145,7 +154,7 @@ def train(args: argparse.Namespace) -> int:
         resolve(args.model)
     else:
         _vae(args, x_dim=16, image_shape=(1, 4, 4))  # the flags' checks, before any data
-    world.check(config.elbo, config.jit)
+    world.check(config.elbo)
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)
@@ -569,8 +578,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--refine-steps", dest="refine_steps", type=int,
                    help="K refinement steps of semi-amortized (5)")
     t.add_argument("--jit", action=argparse.BooleanOptionalAction,
-                   help="compile the loss with Pyro's JIT (default: on for "
-                   f"{', '.join(COMPILABLE)}; the built-in VAE is static, so it traces exactly)")
+                   help="step with the estimator's captured graph, checked against Pyro's "
+                   "step on each batch shape's first batch; what cannot be captured says why "
+                   "and steps eagerly (default: on; for static models)")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="run the captured step through torch.compile: seconds to compile "
+                   "each batch shape, then the fastest step (default: off)")
     t.add_argument("--seed", type=int, help=f"the one seed of every random draw ({d.seed})")
     t.add_argument("--device", help=f"cpu, cuda, cuda:1, ... ({d.device}); under torchrun "
                    "'cuda' gives each process its own GPU")

@@ -15,7 +15,8 @@ from .estimators import make_elbo
 from .schedules import SCHEDULES
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-RESUMABLE = ("epochs", "jit", "deterministic")  # what a resumed run may change: same numbers
+# what a resumed run may change: the same numbers
+RESUMABLE = ("epochs", "jit", "compile", "deterministic")
 # Model settings of the first format, when config.json held both (before model.json).
 _OLD_MODEL_KEYS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation")
 
@@ -34,9 +35,14 @@ class Config:
     vectorize: bool = True  # vectorize particles (a no-op for one particle)
     alpha: float | None = None  # the order of 'renyi'
     refine_steps: int | None = None  # K of 'semi-amortized' (None: its default, 5)
-    # Compile the loss with Pyro's JIT: for static models only, see estimators.Compiled.
-    # Off by default for any model/guide pair; `pyro-vae train` turns it on for its VAE.
-    jit: bool = False
+    # Step with the estimator's captured graph (pyro_vae.engine): the same draws and numbers
+    # as Pyro's eager step, checked on each batch shape's first batch; an estimator or model
+    # that cannot be captured says why and steps eagerly. For static models: a Python
+    # number that changes between steps (an annealing factor) is frozen at its first value.
+    jit: bool = True
+    # Run the captured step through torch.compile (inductor): seconds to compile per batch
+    # shape, then the fastest step (benchmarks/README.md); needs jit.
+    compile: bool = False
     optimizer: str = "adam"
     # The step follows the gradient of the batch's *summed* negative bound, as Pyro's SVI
     # does: with SGD the effective step grows with the batch size; Adam does not care.
@@ -84,7 +90,7 @@ class Config:
             raise ValueError("this run's estimator was given to fit as an object (elbo=...), "
                              "not by name: pass the same estimator again")
         return make_elbo(self.elbo, self.particles, self.vectorize, self.jit, self.alpha,
-                         self.refine_steps)
+                         self.refine_steps, self.compile)
 
     def summary(self) -> str:
         """One line for figure titles."""

@@ -80,7 +80,7 @@ class World:
                              "pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
         return f"cuda:{self.local_rank}"
 
-    def check(self, elbo: str, jit: bool) -> None:
+    def check(self, elbo: str) -> None:
         """Raise ``ValueError`` if a run with this estimator cannot be split over the world."""
         if self.size == 1:
             return
@@ -90,8 +90,6 @@ class World:
                 f"{', '.join(DISTRIBUTABLE)} can (a differentiable loss summed over data "
                 "points); launch it as one process"
             )
-        if jit:
-            raise ValueError("a distributed run is not compiled: pass --no-jit (jit=False)")
 
     def shard(self, x: torch.Tensor) -> torch.Tensor:
         """This process's contiguous part of a global batch (sizes differ by at most one)."""

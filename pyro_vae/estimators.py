@@ -43,26 +43,21 @@ Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` a
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import (
     ELBO,
-    JitTrace_ELBO,
-    JitTraceGraph_ELBO,
-    JitTraceMeanField_ELBO,
     Trace_ELBO,
     TraceEnum_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
     config_enumerate,
 )
-from pyro.infer.util import torch_item
 
 from . import iwae
+from .engine import Captured
 from .relaxed import GumbelSoftmaxELBO
 from .semi_amortized import SemiAmortizedELBO
 from .traces import sample_sites
@@ -96,100 +91,11 @@ class Enumerated(TraceEnum_ELBO):
         self._checked = True
 
 
-class Compiled(ELBO):
-    r"""A Pyro JIT estimator made a drop-in replacement for its uncompiled twin.
-
-    Pyro's ``JitTrace*_ELBO`` trace the model and guide once with ``torch.jit.trace`` and
-    replay the recorded tensor operations, skipping Pyro's per-step Python work (messengers,
-    traces, distribution objects): most of what makes a Pyro step slower than a hand-written
-    one. This class lets Pyro compile, then calls the compiled graph itself:
-
-    - one compiled graph per batch shape (and model/guide pair): a trace bakes its shapes
-      in, and Pyro keys its cache on the number of arguments only, so the last, smaller batch
-      of an epoch needs its own;
-    - compiling runs the model and guide a few times: it does so on a forked random stream
-      and throws away the gradients it leaves, so a compiled run draws exactly the numbers
-      an uncompiled run draws (same results to float rounding, exact resume);
-    - each step passes the parameter store's tensors to the graph directly. Pyro's wrapper
-      looks every parameter up through its messenger stack, hashes its arguments and opens
-      two messengers at every call: per-step work that is constant in the batch size, a few
-      percent of a step at batch 64 on a CPU (benchmarks/README.md). Its one check, that the
-      model declares no parameter after the first call, cannot fail in a replay that runs no
-      Python;
-    - the graph runs with the JIT's graph optimizations off
-      (``torch.jit.optimized_execution(False)``): its autodiff and fusion passes make a step
-      at batch 256 *slower* on a CPU than no JIT at all; plain replay is what pays.
-
-    Only for static models: the trace records one path through the code, so Python control
-    flow on tensor values, or a Python number that changes between steps (an annealing
-    factor), is frozen at its first value.
-    """
-
-    def __init__(self, make: Callable[[], ELBO]):
-        template = make()
-        super().__init__(num_particles=template.num_particles,
-                         vectorize_particles=template.vectorize_particles)
-        self._make = make
-        self._by_shape: dict[tuple, Callable[[torch.Tensor], tuple]] = {}
-        self._uncompiled_loss = template.loss  # the JIT classes' ``loss`` is not compiled
-        self.compiles = type(template).__name__
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
-        # bound methods are equal if of one object
-        key = (tuple(tuple(a.shape) for a in args), model, guide)
-        replay = self._by_shape.get(key)
-        if replay is None:
-            replay = self._by_shape[key] = self._compile(model, guide, *args)
-        with torch.jit.optimized_execution(False):
-            loss, surrogate = replay(*args)
-            surrogate.backward()
-        return torch_item(loss)
-
-    def loss(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
-        return self._uncompiled_loss(model, guide, *args)
-
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("a compiled estimator replays Pyro's JIT estimators; it "
-                                  "has no traces of its own")
-
-    def _compile(self, model: Callable, guide: Callable, *args: torch.Tensor):
-        """Compile with a fresh Pyro JIT estimator on a forked random stream, leaving no
-        gradients behind; returns ``args -> (loss, surrogate loss)`` replaying its graph."""
-        elbo = self._make()
-        params = pyro.get_param_store()
-        grads = {name: p.grad for name, p in params.named_parameters()}
-        devices = [args[0].device] if args[0].device.type == "cuda" else []
-        with (torch.random.fork_rng(devices=devices), warnings.catch_warnings(),
-              torch.jit.optimized_execution(False)):
-            warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated", FutureWarning)
-            elbo.loss_and_grads(model, guide, *args)
-        for name, p in params.named_parameters():
-            p.grad = grads.get(name)
-        # Each JIT class keeps its pyro.ops.jit.CompiledFunction under its own name and
-        # returns its own outputs; the traced graph takes the unconstrained parameters named
-        # in _param_names, then the arguments (test_estimators checks these names).
-        attribute, outputs = _COMPILED[type(elbo)]
-        function = getattr(elbo, attribute)
-        [graph] = function.compiled.values()
-        names = function._param_names
-
-        def replay(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            unconstrained = dict(params.named_parameters())
-            return outputs(graph(*[unconstrained[name] for name in names], *args))
-
-        return replay
-
-
-# Pyro JIT class -> (its CompiledFunction's attribute, outputs -> (loss, surrogate loss))
-_COMPILED = {
-    JitTrace_ELBO: ("_loss_and_surrogate_loss", lambda out: out),
-    JitTraceMeanField_ELBO: ("_differentiable_loss", lambda loss: (loss, loss)),
-    JitTraceGraph_ELBO: ("_jit_loss_and_surrogate_loss", lambda out: (-out[0], out[1])),
-}
-
-
 def describe(elbo: ELBO) -> str:
-    """One line naming an estimator object and its options, recorded in a run directory."""
+    """One line naming an estimator object and its options, recorded in a run directory;
+    a captured estimator is named as the estimator it steps (capture changes no number)."""
+    if isinstance(elbo, Captured):
+        elbo = elbo.elbo
     options = {"num_particles": elbo.num_particles,
                "vectorize_particles": elbo.vectorize_particles}
     if getattr(elbo, "alpha", None) is not None:
@@ -199,8 +105,7 @@ def describe(elbo: ELBO) -> str:
     if isinstance(elbo, GumbelSoftmaxELBO):
         options["straight_through"] = elbo.straight_through
         options["temperature"] = f"'{elbo.temperature}'"
-    name = f"Compiled({elbo.compiles})" if isinstance(elbo, Compiled) else type(elbo).__name__
-    return f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
+    return f"{type(elbo).__name__}({', '.join(f'{k}={v}' for k, v in options.items())})"
 
 
 ESTIMATORS: dict[str, str] = {
@@ -218,13 +123,11 @@ ESTIMATORS: dict[str, str] = {
     "gumbel": "discrete sites relaxed to Gumbel-Softmax draws, annealed temperature",
     "gumbel-st": "gumbel, straight-through: the decoder sees the hard code",
 }
-_JIT = {"trace": JitTrace_ELBO, "meanfield": JitTraceMeanField_ELBO, "graph": JitTraceGraph_ELBO}
 _PLAIN = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO, "graph": TraceGraph_ELBO,
           "enum": Enumerated}
 _WEIGHTED = {"iwae": iwae.ImportanceWeightedELBO, "renyi": iwae.RenyiELBO,
              "iwae-dreg": iwae.DReG, "stl": iwae.StickingTheLanding,
              "tail-adaptive": iwae.TailAdaptiveELBO, "vimco": iwae.VIMCO}
-COMPILABLE = tuple(_JIT)  # the estimators Pyro can compile
 
 
 def make_elbo(
@@ -234,10 +137,15 @@ def make_elbo(
     jit: bool = False,
     alpha: float | None = None,
     refine_steps: int | None = None,
+    compile: bool = False,
 ) -> ELBO:
     """The estimator registered as ``name``, configured; impossible combinations raise
     ``ValueError`` saying why. Vectorizing a single particle is a no-op. ``refine_steps``
-    is K of ``semi-amortized`` (default 5)."""
+    is K of ``semi-amortized`` (default 5). ``jit``: stepped by its captured graph
+    (:class:`pyro_vae.engine.Captured`; an estimator that cannot be captured says why and
+    steps eagerly), through ``torch.compile`` with ``compile``."""
+    if compile and not jit:
+        raise ValueError("compile=True compiles the captured step: it needs jit=True")
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose from: {', '.join(ESTIMATORS)}")
     if num_particles < 1:
@@ -254,10 +162,6 @@ def make_elbo(
         )
     if refine_steps is not None and name != "semi-amortized":
         raise ValueError(f"refine_steps is an option of 'semi-amortized' only, not of {name!r}")
-    if jit and name not in COMPILABLE:
-        raise ValueError(
-            f"jit is available for {', '.join(COMPILABLE)} only; Pyro has no compiled {name!r}"
-        )
     if name in _WEIGHTED and num_particles > 1 and not vectorize_particles:
         raise ValueError(f"{name!r} weighs each data point's k particles against each other, "
                          "so it draws them together: it needs vectorized particles")
@@ -268,19 +172,19 @@ def make_elbo(
         vectorize_particles=vectorize_particles and num_particles > 1 and name != "graph",
     )
     if name == "renyi":
-        return iwae.RenyiELBO(num_particles, alpha=alpha)
-    if name == "semi-amortized":
-        return SemiAmortizedELBO(5 if refine_steps is None else refine_steps, num_particles)
-    if name in ("gumbel", "gumbel-st"):
+        elbo = iwae.RenyiELBO(num_particles, alpha=alpha)
+    elif name == "semi-amortized":
+        elbo = SemiAmortizedELBO(5 if refine_steps is None else refine_steps, num_particles)
+    elif name in ("gumbel", "gumbel-st"):
         if num_particles != 1:
             raise ValueError(f"{name!r} takes one relaxed draw per data point and step (as "
                              f"Jang et al.), not {num_particles} particles")
-        return GumbelSoftmaxELBO(straight_through=name == "gumbel-st")
-    if name in _WEIGHTED:
-        return _WEIGHTED[name](num_particles)
-    if jit:
-        return Compiled(lambda: _JIT[name](**options, ignore_jit_warnings=True))
-    return _PLAIN[name](**options)
+        elbo = GumbelSoftmaxELBO(straight_through=name == "gumbel-st")
+    elif name in _WEIGHTED:
+        elbo = _WEIGHTED[name](num_particles)
+    else:
+        elbo = _PLAIN[name](**options)
+    return Captured(elbo, compile) if jit else elbo
 
 
 @torch.no_grad()

@@ -124,13 +124,19 @@ class ImportanceWeightedELBO(ELBO):
             return -torch_item((w.scale * self.bound(w.log_w)).sum())
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        w = self.weights(model, guide, *args, **kwargs)
-        loss = -(w.scale * self.bound(w.log_w.detach())).sum()
-        surrogate = -(w.scale * self.surrogate(w, self._path_log_q(w, guide, args, kwargs)))
-        surrogate = surrogate.sum()
+        loss, surrogate = self.objective(model, guide, *args, **kwargs)
         if surrogate.requires_grad:
             surrogate.backward()
         return torch_item(loss)
+
+    def objective(self, model: Callable, guide: Callable, *args, **kwargs
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The negative bound summed over the batch and the surrogate loss whose gradient
+        is the estimator's, as tensors (what :mod:`pyro_vae.engine` captures)."""
+        w = self.weights(model, guide, *args, **kwargs)
+        loss = -(w.scale * self.bound(w.log_w.detach())).sum()
+        surrogate = -(w.scale * self.surrogate(w, self._path_log_q(w, guide, args, kwargs)))
+        return loss, surrogate.sum()
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("importance-weighted estimators draw all k particles of "

@@ -148,7 +148,8 @@ def scale_per_point(traces: dict, plate: str) -> torch.Tensor | float:
             scales[f"{role} site {name!r}"] = scale
     first_name, first = next(iter(scales.items()))
     for name, scale in scales.items():
-        if not bool(torch.as_tensor(scale == first).all()):
+        tensors = isinstance(scale, torch.Tensor) or isinstance(first, torch.Tensor)
+        if not (bool(torch.as_tensor(scale == first).all()) if tensors else scale == first):
             raise ValueError(
                 f"{first_name} and {name} are scaled differently ({_show(first)}"
                 f" and {_show(scale)}): an importance-weighted bound scales each data point's "

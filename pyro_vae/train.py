@@ -36,6 +36,7 @@ from .checks import ParamsSeen, check_labels, check_support
 from .config import OPTIMIZERS, RESUMABLE, Config
 from .data import Dataset, as_arguments, differences
 from .distributed import World, data_parallel_step
+from .engine import Captured
 from .estimators import describe
 from .rundir import (
     CHECKPOINT,
@@ -116,7 +117,7 @@ def fit(
     if elbo is not None:  # the object decides; the config says so
         config = replace(config, elbo=None, particles=elbo.num_particles,
                          vectorize=elbo.vectorize_particles, alpha=getattr(elbo, "alpha", None),
-                         refine_steps=None, jit=False)
+                         refine_steps=None, jit=False, compile=False)
     elif config.elbo is None:
         raise ValueError("config.elbo is None: pass the estimator object as fit(..., elbo=...)")
     if lr_scheduler is not None and config.schedule is not None:
@@ -128,7 +129,9 @@ def fit(
     recorded = {"estimator": describe(elbo),
                 "lr_scheduler": _scheduler_name(lr_scheduler) if lr_scheduler else None}
     world = World.from_env(config.device)
-    world.check(config.elbo or describe(elbo), config.jit)
+    world.check(config.elbo or describe(elbo))
+    if world.size > 1 and isinstance(elbo, Captured):  # DDP wraps Pyro's own loss
+        elbo = elbo.elbo
     device = world.device(config.device)  # cuda:LOCAL_RANK for each process under torchrun
     deterministic = device.startswith("cuda") and config.deterministic
     if deterministic:  # before cuBLAS makes its workspace

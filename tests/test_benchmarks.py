@@ -52,7 +52,8 @@ def test_the_gpu_check_script_parses_and_names_each_check():
     script = ROOT / "benchmarks" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    for check in ("train-compiled", "train-uncompiled", "resume-bit-exact", "evaluate-is-ais",
+    for check in ("train-captured", "train-eager", "train-torch-compile", "captured-is-eager",
+                  "step-speed", "resume-bit-exact", "evaluate-is-ais",
                   "plot-2d-latent", "open-on-cpu", "conv-network", "torchrun-nccl-2",
                   "test-cuda"):
         assert check in text

@@ -149,4 +149,4 @@ def test_estimators_that_cannot_be_split_fail_at_launch(tmp_path):
 def test_the_other_per_point_estimators_are_refused_at_launch_too(name):
     # the check the launch above runs, for the estimators it does not launch
     with pytest.raises(ValueError, match=f"'{name}' cannot train distributed \\(2 processes\\)"):
-        World(rank=0, size=2).check(name, jit=False)
+        World(rank=0, size=2).check(name)

@@ -6,7 +6,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, iwae, make_elbo
-from pyro_vae.estimators import ESTIMATORS, Compiled
+from pyro_vae.estimators import ESTIMATORS
 
 
 @pytest.fixture
@@ -70,11 +70,10 @@ def test_estimators_by_name(options, expected):
         (dict(name="renyi", num_particles=5), "renyi needs an alpha"),
         (dict(name="renyi", num_particles=5, alpha=1.0), "alpha=1"),
         (dict(name="trace", alpha=0.5), "option of 'renyi' only"),
-        (dict(name="iwae", num_particles=5, jit=True), "no compiled 'iwae'"),
+        (dict(name="iwae", num_particles=5, compile=True), "needs jit=True"),
         (dict(name="tail-adaptive"), "num_particles >= 2"),
         (dict(name="tail-adaptive", num_particles=5, vectorize_particles=False), "vectorized"),
         (dict(name="iwae-dreg", num_particles=5, vectorize_particles=False), "vectorized"),
-        (dict(name="stl", jit=True), "no compiled 'stl'"),
     ],
 )
 def test_impossible_combinations_say_why(options, message):
@@ -107,79 +106,5 @@ def test_every_estimator_gives_a_finite_loss_and_gradients(vae_and_x, options):
     params = dict(pyro.get_param_store().named_parameters())
     assert any(n.startswith("encoder") for n in params)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params.values())
-
-
-def _grads():
-    return {n: p.grad.clone() for n, p in pyro.get_param_store().named_parameters()}
-
-
-@pytest.mark.parametrize("name", ["trace", "meanfield", "graph"])
-def test_compiled_estimator_computes_what_the_uncompiled_one_does(vae_and_x, name):
-    """Same seed, same losses and gradients, step after step and across batch shapes, with
-    parameters that move between steps: compiling draws no numbers from the training stream
-    and leaves no gradients behind, and the replayed graph reads the current parameters."""
-    vae, x = vae_and_x
-    model, guide = vae.model, vae.guide  # one bound method each: Pyro's JIT keys on their ids
-    results, store = {}, pyro.get_param_store()
-    make_elbo(name).loss(model, guide, x)  # declares the parameters
-    initial = {n: p.detach().clone() for n, p in store.named_parameters()}
-    for jit in (False, True):
-        with torch.no_grad():
-            for n, p in store.named_parameters():
-                p.copy_(initial[n])
-        elbo = make_elbo(name, num_particles=2, jit=jit)
-        elbo.loss(model, guide, x)  # as fit does first: Pyro guesses the plate nesting
-        pyro.set_rng_seed(1)
-        results[jit] = []
-        for batch in (x, x, x[:5], x):
-            loss = elbo.loss_and_grads(model, guide, batch)
-            results[jit].append((loss, _grads()))
-            with torch.no_grad():
-                for _, p in store.named_parameters():
-                    p.grad = None
-                    p.mul_(1.01)
-    assert isinstance(make_elbo(name, jit=True), Compiled)
-    for (loss, grads), (loss_jit, grads_jit) in zip(results[False], results[True], strict=True):
-        assert loss_jit == pytest.approx(loss, rel=1e-5)
-        for n in grads:
-            assert torch.allclose(grads_jit[n], grads[n], rtol=1e-4, atol=1e-5), n
-
-
-def test_jit_compiles_once_per_batch_shape(vae_and_x):
-    """One graph per batch shape, replayed from then on (Pyro 1.9's JitTraceMeanField_ELBO,
-    called bare, recompiles at every step)."""
-    vae, x = vae_and_x
-    model, guide = vae.model, vae.guide
-    compiled = make_elbo("meanfield", jit=True)
-    compiled.loss_and_grads(model, guide, x)
-    replay = compiled._by_shape[((tuple(x.shape),), model, guide)]
-    for batch in (x, x[:5], x, x[:5]):
-        assert math.isfinite(compiled.loss_and_grads(vae.model, vae.guide, batch))
-    assert compiled._by_shape[((tuple(x.shape),), model, guide)] is replay
-    assert sorted(shapes for shapes, _, _ in compiled._by_shape) == [((5, 20),), ((8, 20),)]
-    def another_model(x):  # another model of the same batch shape is compiled anew
-        vae.model(x)
-
-    compiled.loss_and_grads(another_model, guide, x)
-    assert len(compiled._by_shape) == 3
-
-
-def test_the_pyro_internals_we_patch_are_where_we_patch_them():
-    """estimators.py relies on Pyro 1.9 internals; if Pyro moves them, this fails by name,
-    and the code must be revisited (pyproject.toml pins pyro-ppl < 1.10 for this)."""
-    import inspect
-
-    from pyro.ops.jit import CompiledFunction
-
-    from pyro_vae.estimators import _COMPILED
-
-    source = inspect.getsource(CompiledFunction.__call__)
-    assert "self.compiled[key] = torch.jit.trace(" in source and (
-        "unconstrained_params + args" in source), (
-        "pyro.ops.jit.CompiledFunction changed: Compiled replays its traced graph with "
-        "(unconstrained parameters in _param_names order, *args)")
-    for jit_class, (attribute, _) in _COMPILED.items():
-        assert f"self.{attribute} = " in inspect.getsource(jit_class), (
-            f"Pyro's {jit_class.__name__} no longer keeps its compiled loss in {attribute}")
 
 

@@ -238,7 +238,7 @@ def test_route_to_88_quick(tmp_path, capsys):
     out = _run_quick("route_to_88", tmp_path, "--name", "quick")
     readme = (out / "README.md").read_text()
     row = next(x for x in readme.splitlines() if x.startswith("| quick | 3 | "))
-    assert "(IS-20, 200 images)" in row and row.count("not reached") == 3
+    assert "(IS-20, 200 images)" in row and row.count("not reached") == 5
     with open(out / "curves.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
     assert (out / "nll_vs_minutes.png").read_bytes().startswith(b"\x89PNG")

@@ -83,5 +83,3 @@ def test_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="refine_steps must be at least 0, got -1"):
         make_elbo("semi-amortized", refine_steps=-1)
     assert make_elbo("semi-amortized").steps == 5
-    with pytest.raises(ValueError, match="jit is available for"):
-        make_elbo("semi-amortized", jit=True)
