@@ -7,7 +7,8 @@ distribution objects), which at a small batch costs as much again on a CPU
 
 1. **Learn the model and guide once per batch shape**, the second time the shape comes (its
    first step is Pyro's own: a shape that comes once, such as the last batch of a
-   one-epoch run, is not worth capturing). The estimator's *objective* (its
+   one-epoch run, is not worth capturing; with ``compile``, which is for long runs, the
+   first time). The estimator's *objective* (its
    loss and surrogate loss as tensors, :func:`objective_of`) is run once on the batch under
    ``torch.fx.experimental.proxy_tensor.make_fx``: Pyro traces the guide and replays the
    model on its draws (``poutine.trace``/``poutine.replay``) as always, and every tensor
@@ -92,10 +93,10 @@ class Captured(ELBO):
             return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         key = (model, guide, *((a.shape, a.dtype, a.device) for a in args))
         step = self._steps.get(key, False)
-        if step is False:  # first seen: Pyro's step; a shape seen twice is captured
-            self._steps[key] = _SEEN_ONCE
+        if step is False and not self.compile:  # first seen: Pyro's step; a shape seen
+            self._steps[key] = _SEEN_ONCE      # twice is captured (compiled: at once)
             return self.elbo.loss_and_grads(model, guide, *args)
-        if step is _SEEN_ONCE:
+        if step is _SEEN_ONCE or step is False:
             step = self._steps[key] = self._capture(model, guide, args)
         if step is None:
             return self.elbo.loss_and_grads(model, guide, *args)
@@ -125,58 +126,87 @@ class Captured(ELBO):
         objective = objective_of(self.elbo, model, guide, args)
         if isinstance(objective, str):
             return self._eager(objective)
-        used: list[bool] = []
-
-        def joint(leaves: list[torch.Tensor], *args: torch.Tensor):
-            loss, surrogate = objective(*args)
-            grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
-            used[:] = [g is not None for g in grads]
-            return loss.detach(), [g for g in grads if g is not None]
-
-        try:
-            with (torch.random.fork_rng(devices=devices), pyro.validation_enabled(False),
-                  warnings.catch_warnings()):
-                warnings.simplefilter("ignore")  # the tracer's notices; Pyro's on the way
-                graph = make_fx(joint)(leaves, *args)
-        except RuntimeError as e:
-            if "_local_scalar_dense" not in str(e) and "data-dependent" not in str(e):
-                raise
-            return self._eager("the model, guide or estimator reads a tensor's value in "
-                               "Python (.item(), or an if on a tensor), which a captured "
-                               "graph would freeze")
-        function = graph
-        if self.compile:
-            function = torch.compile(graph, dynamic=False, options={"fallback_random": True})
-        graded = [p for p, u in zip(leaves, used, strict=True) if u]
-
-        def run(*args: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            current = dict(pyro.get_param_store().named_parameters())
-            with torch.no_grad():
-                return function([current[n] for n in names], *args)
-
-        with torch.random.fork_rng(devices=devices):  # from the state Pyro's step began at
-            loss, grads = run(*args)
-        mismatch = _differences(loss.item(), dict(zip(graded, grads, strict=True)),
-                                eager_loss, dict(zip(leaves, eager, strict=True)))
-        if mismatch:
-            return self._eager(f"its captured graph does not reproduce Pyro's step ({mismatch})")
-
-        def step(*args: torch.Tensor) -> float:
-            loss, grads = run(*args)
-            for p, g in zip(graded, grads, strict=True):
-                if p.grad is None:
-                    p.grad = g
-                else:
-                    p.grad += g
-            return loss.item()
-
-        return step
+        mismatch = None
+        for graph_of in (_forward, _joint):  # the cheaper first, where it reproduces Pyro
+            try:
+                with (torch.random.fork_rng(devices=devices), pyro.validation_enabled(False),
+                      warnings.catch_warnings()):
+                    warnings.simplefilter("ignore")  # the tracer's notices; Pyro's on the way
+                    step = graph_of(objective, names, leaves, args, self.compile)
+            except RuntimeError as e:
+                if "_local_scalar_dense" not in str(e) and "data-dependent" not in str(e):
+                    raise
+                return self._eager("the model, guide or estimator reads a tensor's value in "
+                                   "Python (.item(), or an if on a tensor), which a captured "
+                                   "graph would freeze")
+            with torch.random.fork_rng(devices=devices), _grads_kept(leaves):
+                loss = step(*args)  # from the state Pyro's step began at
+                grads = [p.grad for p in leaves]
+            mismatch = _differences(loss, dict(zip(leaves, grads, strict=True)), eager_loss,
+                                    dict(zip(leaves, eager, strict=True)))
+            if mismatch is None:
+                return step
+        return self._eager(f"its captured graph does not reproduce Pyro's step ({mismatch})")
 
     def _eager(self, reason: str) -> None:
         self.eager_reason = reason
         warnings.warn(f"{type(self.elbo).__name__} steps eagerly through Pyro: {reason}",
                       EagerFallback, stacklevel=4)
         return None
+
+
+def _forward(objective: Objective, names: list[str], leaves: list[torch.Tensor], args: tuple,
+             compile: bool) -> Callable[..., float]:
+    """The step as a graph of the loss and surrogate loss, differentiated by autograd at
+    each step (its backward pass runs in C++, as a hand-written loop's does). Gradient hooks
+    and custom backward functions are not in it: where the estimator has them (DReG's
+    weights on its draws), the check against Pyro fails and :func:`_joint` is taken."""
+    graph = make_fx(lambda leaves, *args: objective(*args))(leaves, *args)
+    function = _compiled(graph) if compile else graph
+
+    def step(*args: torch.Tensor) -> float:
+        current = dict(pyro.get_param_store().named_parameters())
+        loss, surrogate = function([current[n] for n in names], *args)
+        surrogate.backward()
+        return loss.item()
+
+    return step
+
+
+def _joint(objective: Objective, names: list[str], leaves: list[torch.Tensor], args: tuple,
+           compile: bool) -> Callable[..., float]:
+    """The step as one graph of the loss and the gradients (``torch.autograd.grad`` traced
+    through, hooks and custom backward functions included), run without autograd."""
+    used: list[bool] = []
+
+    def joint(leaves: list[torch.Tensor], *args: torch.Tensor):
+        loss, surrogate = objective(*args)
+        grads = torch.autograd.grad(surrogate, leaves, allow_unused=True)
+        used[:] = [g is not None for g in grads]
+        return loss.detach(), [g for g in grads if g is not None]
+
+    graph = make_fx(joint)(leaves, *args)
+    function = _compiled(graph) if compile else graph
+    graded = [p for p, u in zip(leaves, used, strict=True) if u]
+
+    def step(*args: torch.Tensor) -> float:
+        current = dict(pyro.get_param_store().named_parameters())
+        with torch.no_grad():
+            loss, grads = function([current[n] for n in names], *args)
+        for p, g in zip(graded, grads, strict=True):
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad += g
+        return loss.item()
+
+    return step
+
+
+def _compiled(graph: torch.fx.GraphModule) -> Callable:
+    """``graph`` through torch.compile (inductor), its random draws left to torch's own
+    generator (``fallback_random``), so that they are the eager step's."""
+    return torch.compile(graph, dynamic=False, options={"fallback_random": True})
 
 
 def _differences(loss: float, grads: dict, eager_loss: float, eager: dict) -> str | None:

@@ -57,3 +57,15 @@ def test_the_gpu_check_script_parses_and_names_each_check():
                   "plot-2d-latent", "open-on-cpu", "conv-network", "torchrun-nccl-2",
                   "test-cuda"):
         assert check in text
+
+
+@pytest.mark.usefixtures("mnist_binary")
+def test_the_iwae_rows_compute_what_their_plain_loops_compute(capsys):
+    # the benchmark exits non-zero when a pair's first-epoch losses differ: the hand-written
+    # IWAE and DReG loops are the estimators' own, draw for draw
+    _run("train_speed.py", "--batch-size", "50", "--hidden", "16", "--z-dim", "4",
+         "--activation", "tanh", "--examples", "200", "--rows", "ir", "--particles", "3",
+         "--rounds", "1")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("(i) iwae", "(r) iwae-dreg"))]
+    assert len(rows) == 2 and all(float(line.split()[-2]) < 1e-3 for line in rows)
