@@ -28,7 +28,10 @@ test: $(STAMP)
 # Every benchmark runs; then make fails if any row with a target missed it (--check).
 # The targeted rows time fit's compiled engine (--compile); the untargeted ones its captured
 # eager step, Pyro's own step, and the other estimators.
-IWAE_NET := --batch-size 100 --hidden 200 200 --activation tanh --examples 10000 --rows ir
+# An IWAE's trajectory amplifies the rounding of inductor's reductions: over the 100 steps of
+# a compiled first epoch the two loops drift apart by up to 0.1 nats (1e-5 uncompiled).
+IWAE_NET := --batch-size 100 --hidden 200 200 --activation tanh --examples 10000 --rows ir \
+	--tolerance 0.25
 bench: $(STAMP)
 	@status=0; \
 	$(BIN)/python benchmarks/train_speed.py --batch-size 256 --rows b --rounds 7 --compile --check || status=1; \

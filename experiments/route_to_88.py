@@ -19,6 +19,7 @@ lever is measured by running the script twice with one flag changed:
   so that the first epochs need not learn the average digit;
 - ``--eps``: Adam's epsilon (the IWAE paper: 1e-4; torch: 1e-8);
 - ``--jit``: the captured step (``--no-jit``: Pyro's eager step, the same numbers);
+  ``--compile``: through ``torch.compile`` (the same draws, gradients to float rounding);
 - ``--threads``: torch threads (2 = both cores; 1 leaves a core to another run).
 
 After the epochs that ``iwae_paper.curve_epochs`` picks, the IS-250 NLL of 2,000 test
@@ -94,6 +95,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--particles", type=int, default=1)
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
                         help="step with the captured graph (pyro_vae.engine; default: on)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="the captured step through torch.compile (long runs)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--curve-every", type=int, default=50, help="epochs between points")
     parser.add_argument("--curve-samples", type=int, default=250)
@@ -123,6 +126,7 @@ def name_of(args) -> str:
              "h" + "x".join(map(str, args.hidden))]
     parts += [] if args.bias_init else ["nobias"]
     parts += [] if args.jit else ["nojit"]
+    parts += ["compiled"] if args.compile else []
     return "_".join(parts) + ("_quick" if args.quick else "")
 
 
@@ -131,7 +135,10 @@ def settings(args) -> dict:
     keys = ("epochs", "batch_size", "lr", "decay", "lr_end", "bias_init", "eps", "hidden",
             "elbo", "particles", "jit", "seed", "curve_every", "curve_samples",
             "curve_examples", "quick")
-    return {k: getattr(args, k) for k in keys}
+    kept = {k: getattr(args, k) for k in keys}
+    if args.compile:  # absent from the settings of runs made before the flag
+        kept["compile"] = True
+    return kept
 
 
 def initialise_bias(vae, data) -> None:
@@ -156,7 +163,7 @@ def train(args, data) -> dict:
     if args.bias_init:
         initialise_bias(vae, data)
     config = Config(dataset="mnist-binary", elbo=args.elbo, particles=args.particles,
-                    jit=args.jit, optimizer="adam", lr=args.lr, eps=args.eps,
+                    jit=args.jit, compile=args.compile, optimizer="adam", lr=args.lr, eps=args.eps,
                     batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                     device=args.device)
     x_curve = spread(test_images(data, args.device), args.curve_examples)
@@ -187,7 +194,8 @@ def command(r: dict) -> str:
              f"--eps {s['eps']:g}", "--hidden " + " ".join(map(str, s["hidden"])),
              f"--elbo {s['elbo']}", f"--particles {s['particles']}",
              "--bias-init" if s["bias_init"] else "--no-bias-init",
-             "--jit" if s["jit"] else "--no-jit", f"--seed {s['seed']}",
+             "--jit" if s["jit"] else "--no-jit", *(["--compile"] if s.get("compile") else []),
+             f"--seed {s['seed']}",
              f"--curve-every {s['curve_every']}", f"--curve-samples {s['curve_samples']}",
              f"--curve-examples {s['curve_examples']}", f"--is-samples {r['is_samples']}",
              f"--is-examples {r['is_examples']}", f"--threads {r['threads']}"]
