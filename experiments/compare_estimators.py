@@ -33,9 +33,9 @@ gradient SNR and variance of encoder and decoder at the start and the end of tra
 seconds per epoch. After every epoch an IS-100 estimate on 500 test images draws the
 likelihood-against-time curve (a callback of fit's, whose draws leave training's random
 stream alone): the comparison at equal wall-clock time reads it at the training time of the
-fastest configuration. All estimators run uncompiled, so that the seconds compare the
-estimators, not Pyro's JIT. Each run directory keeps its result (result.json): a study that
-was stopped resumes with the runs it has not finished.
+fastest configuration. All estimators run uncompiled (Pyro's eager step), so that the
+seconds compare the estimators, not the engine's capture. Each run directory keeps its
+result (result.json): a study that was stopped resumes with the runs it has not finished.
 
 Writes results/estimators/: README.md (mean +- standard error over seeds, paired
 differences, what they say, the paper's numbers), metrics.csv (a row per run), curves.csv,

@@ -135,8 +135,9 @@ def build(case: str, data, seed: int):
 
 
 def train(vae, case: str, data, run_dir: Path, epochs: int, seed: int) -> list[dict]:
-    """Train (or resume) to ``epochs``; the metrics of every epoch. Compiled (Pyro's JIT)
-    but for the IAF guide and the semi-amortized estimator, which Pyro cannot compile."""
+    """Train (or resume) to ``epochs``; the metrics of every epoch. Captured by the engine
+    (pyro_vae.engine) but for the IAF guide and the semi-amortized estimator, stepped by
+    Pyro as the runs committed here were."""
     semi = dict(elbo="semi-amortized", refine_steps=SEMI_STEPS) if case == "semi" else {}
     config = Config(dataset=data.name, **{**TRAINING, **semi}, epochs=epochs, seed=seed,
                     jit=case in ("ffg", "wide"))

@@ -5,7 +5,8 @@
     .venv/bin/python experiments/networks.py --quick          # seconds (tests)
 
 Both runs: Bernoulli likelihood, 50 latent dimensions, ReLU, ``meanfield`` (analytic KL)
-compiled with Pyro's JIT, Adam lr 1e-3, batch 128, seed 0, ``--epochs`` epochs. The MLP is
+captured by the engine (pyro_vae.engine), Adam lr 1e-3, batch 128, seed 0, ``--epochs``
+epochs. The MLP is
 `pyro-vae train`'s default (784-400-50 and back); the convolutional networks
 (:class:`pyro_vae.networks.ConvEncoder`/``ConvDecoder``) are two stride-2 convolutions (32
 and 64 channels, kernel 4) and a dense layer of 400 units on each side. Test ELBO on all
