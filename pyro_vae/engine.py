@@ -5,10 +5,9 @@ log-densities, the bound and its gradient) and Python around them (messengers, t
 distribution objects), which at a small batch costs as much again on a CPU
 (benchmarks/README.md). :class:`Captured` keeps the first and drops the second:
 
-1. **Learn the model and guide once per batch shape**, the second time the shape comes (its
-   first step is Pyro's own: a shape that comes once, such as the last batch of a
-   one-epoch run, is not worth capturing; with ``compile``, which is for long runs, the
-   first time). The estimator's *objective* (its
+1. **Learn the model and guide once per batch shape**, after Pyro has stepped it
+   ``warmup`` times (50; a shape stepped fewer times, as in a test's run, does not repay
+   its capture; with ``compile``, which is for long runs, at once). The estimator's *objective* (its
    loss and surrogate loss as tensors, :func:`objective_of`) is run once on the batch under
    ``torch.fx.experimental.proxy_tensor.make_fx``: Pyro traces the guide and replays the
    model on its draws (``poutine.trace``/``poutine.replay``) as always, and every tensor
@@ -60,9 +59,6 @@ from .traces import sample_sites
 Objective = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-_SEEN_ONCE = object()  # a batch shape stepped once, by Pyro
-
-
 class EagerFallback(UserWarning):
     """An estimator that the engine could not capture steps eagerly; the message says why."""
 
@@ -72,11 +68,15 @@ class Captured(ELBO):
     loss, evaluation) is the estimator's own. Attributes it does not define are the
     estimator's (a temperature's ``state_dict``)."""
 
-    def __init__(self, elbo: ELBO, compile: bool = False):
+    def __init__(self, elbo: ELBO, compile: bool = False, warmup: int | None = None):
         super().__init__(num_particles=elbo.num_particles,
                          vectorize_particles=elbo.vectorize_particles)
         self.elbo = elbo
         self.compile = compile
+        # Pyro's steps on a batch shape before it is captured: capturing costs about as
+        # much as a few hundred steps save, so a shape stepped a few times (a test's run,
+        # the last batch of a short run) is not worth it; a compiled run is a long one.
+        self.warmup = (0 if compile else 50) if warmup is None else warmup
         self.eager_reason: str | None = None  # why it steps eagerly, once it does
         self._steps: dict[tuple, Callable | None] = {}
 
@@ -92,11 +92,11 @@ class Captured(ELBO):
         if kwargs or self.eager_reason is not None:
             return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         key = (model, guide, *((a.shape, a.dtype, a.device) for a in args))
-        step = self._steps.get(key, False)
-        if step is False and not self.compile:  # first seen: Pyro's step; a shape seen
-            self._steps[key] = _SEEN_ONCE      # twice is captured (compiled: at once)
-            return self.elbo.loss_and_grads(model, guide, *args)
-        if step is _SEEN_ONCE or step is False:
+        step = self._steps.get(key, 0)
+        if isinstance(step, int):  # the steps Pyro has taken on batches of this shape
+            if step < self.warmup:
+                self._steps[key] = step + 1
+                return self.elbo.loss_and_grads(model, guide, *args)
             step = self._steps[key] = self._capture(model, guide, args)
         if step is None:
             return self.elbo.loss_and_grads(model, guide, *args)

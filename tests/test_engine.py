@@ -56,7 +56,8 @@ def test_a_captured_step_is_pyros_step(vae_and_x, name, k, recwarn):
     batches = (x, x, x[:5], x[:5], x)  # a shape's first step is Pyro's, its second captured
     eager, eager_rng = _steps(make_elbo(name, k, **options), model, guide, batches, initial)
     captured = make_elbo(name, k, jit=True, **options)
-    assert isinstance(captured, Captured)
+    assert isinstance(captured, Captured) and captured.warmup == 50
+    captured.warmup = 1  # a shape's first step is Pyro's, its second captured
     ours, our_rng = _steps(captured, model, guide, batches, initial)
     assert captured.eager_reason is None
     assert not [w for w in recwarn if issubclass(w.category, EagerFallback)]
@@ -82,6 +83,7 @@ def test_labels_are_part_of_the_graph(vae_and_x):
 
     y = torch.randn(8)
     elbo = make_elbo("meanfield", jit=True)
+    elbo.warmup = 1
     elbo.loss(model, guide, x, y)
     losses = []
     for labels in (y, y, y + 10):  # Pyro's step, then the graph's, on new labels
@@ -101,6 +103,7 @@ def test_what_it_cannot_capture_steps_eagerly_and_says_why(vae_and_x):
             vae.model(x)
 
     elbo = make_elbo("meanfield", jit=True)
+    elbo.warmup = 1
     elbo.loss(peeking_model, vae.guide, x)
     elbo.loss_and_grads(peeking_model, vae.guide, x)  # Pyro's step; the second is captured
     pyro.set_rng_seed(2)
@@ -115,6 +118,7 @@ def test_what_it_cannot_capture_steps_eagerly_and_says_why(vae_and_x):
     for name, why in [("graph", "no objective written as tensors"),
                       ("trace", "cannot be reparameterized")]:
         elbo = make_elbo(name, jit=True)
+        elbo.warmup = 1
         elbo.loss_and_grads(coded.model, coded.guide, x)
         with pytest.warns(EagerFallback, match=why):
             elbo.loss_and_grads(coded.model, coded.guide, x)
@@ -133,6 +137,7 @@ def test_a_compiled_step_draws_what_pyro_draws(vae_and_x):
     initial = {n: p.detach().clone() for n, p in pyro.get_param_store().named_parameters()}
     eager, eager_rng = _steps(make_elbo("iwae", 2), model, guide, (x, x, x), initial)
     compiled = make_elbo("iwae", 2, jit=True, compile=True)
+    assert compiled.warmup == 0
     ours, our_rng = _steps(compiled, model, guide, (x, x, x), initial)
     assert compiled.eager_reason is None
     assert torch.equal(our_rng, eager_rng)

@@ -149,10 +149,12 @@ def test_load_run_restores_the_trained_parameters(mnist_small, tmp_path):
 def test_a_captured_run_is_the_eager_run(mnist_small, tmp_path, elbo, particles):
     """Same seed, same batches and draws: training by the captured step and by Pyro's
     eager step is the same run, last (smaller) batch included, to the last bit."""
-    data = mnist_small.subset(train=550, test=200)
-    options = dict(elbo=elbo, particles=particles, epochs=2)
+    data = mnist_small.subset(train=555, test=200)  # 55 steps of 10, and one of 5: the
+    options = dict(elbo=elbo, particles=particles, epochs=2, batch_size=10)  # 51st captured
     _, eager = _train(data, tmp_path / "eager", jit=False, **options)
-    _, captured = _train(data, tmp_path / "jit", jit=True, **options)
+    engine = make_elbo(elbo, particles, jit=True)  # as Config(jit=True) makes it
+    _, captured = _train(data, tmp_path / "jit", fit_options=dict(elbo=engine), **options)
+    assert engine.eager_reason is None and callable(next(iter(engine._steps.values())))
     strip = lambda ms: [(m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
     assert strip(captured) == strip(eager)
 
