@@ -7,8 +7,9 @@ distribution objects), which at a small batch costs as much again on a CPU
 
 1. **Learn the model and guide once per batch shape**, after Pyro has stepped it
    ``warmup`` times (50; a shape stepped fewer times, as in a test's run, does not repay
-   its capture; with ``compile``, which is for long runs, at once). The estimator's *objective* (its
-   loss and surrogate loss as tensors, :func:`objective_of`) is run once on the batch under
+   its capture; with ``compile``, which is for long runs, at once). The estimator's
+   *objective* (its loss and surrogate loss as tensors, :func:`objective_of`) is run once
+   on the batch under
    ``torch.fx.experimental.proxy_tensor.make_fx``: Pyro traces the guide and replays the
    model on its draws (``poutine.trace``/``poutine.replay``) as always, and every tensor
    operation on the way, with the gradient of the surrogate loss (``torch.autograd.grad``,
