@@ -44,7 +44,8 @@ import json, sys
 read = lambda d: [(m["train_loss"], m["test_loss"]) for m in map(json.loads, open(d + "/metrics.jsonl"))]
 a, b = read(sys.argv[1]), read(sys.argv[2])
 print("captured", a, "eager", b); sys.exit(0 if a == b else 1)' "$OUT/jit" "$OUT/nojit"
-check step-speed "$PY" benchmarks/train_speed.py --device cuda --rows bnk --rounds 3
+check step-speed "$PY" benchmarks/train_speed.py --device cuda --rows bn --rounds 3
+check step-speed-compiled "$PY" benchmarks/train_speed.py --device cuda --rows b --rounds 3 --compile
 check resume-bit-exact bash -c "
     $PY -m pyro_vae.cli train ${TRAIN[*]} --epochs 1 --out $OUT/half &&
     $PY -m pyro_vae.cli train --resume $OUT/half --epochs 2 --quiet &&
