@@ -160,9 +160,9 @@ def _joint(objective: Objective, names: list[str], leaves: list[torch.Tensor], a
     through, hooks and custom backward functions included), run without autograd: the very
     operations of Pyro's eager step, so that, uncompiled, a captured run is the eager run to
     the last bit and a run resumed at any epoch ends where the straight run ends. (A graph
-    of the loss alone, differentiated by autograd at each step, was 3-6% faster uncompiled
-    but rounds its gradients otherwise, through the custom backward functions it cannot
-    hold: resumed runs then differed in the last bits.)"""
+    of the loss alone, differentiated by autograd at each step, rounds its gradients
+    otherwise, through the custom backward functions it cannot hold: resumed runs then
+    differed in the last bits.)"""
     used: list[bool] = []
 
     def joint(leaves: list[torch.Tensor], *args: torch.Tensor):
