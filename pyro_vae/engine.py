@@ -55,7 +55,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .traces import sample_sites
+from .traces import replayed, sample_sites
 
 Objective = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -111,9 +111,9 @@ class Captured(ELBO):
     def _capture(self, model: Callable, guide: Callable, args: tuple) -> Callable | None:
         """The step for batches shaped as ``args``, or None (after a warning) where the
         estimator cannot be captured."""
-        if not (hasattr(self.elbo, "objective") or type(self.elbo) in _WRITTEN_OUT):
-            return self._eager(f"{type(self.elbo).__name__} has no objective written as "
-                               "tensors")
+        objective = objective_of(self.elbo, model, guide, args)
+        if isinstance(objective, str):
+            return self._eager(objective)
         devices = _cuda(args)
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             self.elbo.loss(model, guide, *args)  # the estimator's one-off guesses (its plate
@@ -124,9 +124,6 @@ class Captured(ELBO):
         with torch.random.fork_rng(devices=devices), _grads_kept(leaves):  # the reference
             eager_loss = self.elbo.loss_and_grads(model, guide, *args)
             eager = [p.grad for p in leaves]
-        objective = objective_of(self.elbo, model, guide, args)
-        if isinstance(objective, str):
-            return self._eager(objective)
         try:
             with (torch.random.fork_rng(devices=devices), pyro.validation_enabled(False),
                   warnings.catch_warnings()):
@@ -246,16 +243,14 @@ def objective_of(elbo: ELBO, model: Callable, guide: Callable, args: tuple) -> O
                 "not written as tensors here")
     term = _meanfield_particle if type(elbo) is TraceMeanField_ELBO else _trace_particle
     k = elbo.num_particles
-    if elbo.vectorize_particles and k > 1:
-        # as Pyro's: its guessed nesting counts the particles' plate
-        particles = pyro.plate("num_particles_vectorized", k, dim=-elbo.max_plate_nesting)
-        model, guide = particles(model), particles(guide)
-        draws = 1
-    else:
-        draws = k
+    vectorized = elbo.vectorize_particles and k > 1
 
     def objective(*args):
-        total = sum(term(model, guide, args) for _ in range(draws)) / k
+        fns = (model, guide)
+        if vectorized:  # as Pyro's; its nesting, guessed by then, counts the particles' plate
+            particles = pyro.plate("num_particles_vectorized", k, dim=-elbo.max_plate_nesting)
+            fns = (particles(model), particles(guide))
+        total = sum(term(*fns, args) for _ in range(1 if vectorized else k)) / k
         return total, total
 
     return objective
@@ -264,19 +259,13 @@ def objective_of(elbo: ELBO, model: Callable, guide: Callable, args: tuple) -> O
 _WRITTEN_OUT = (Trace_ELBO, TraceMeanField_ELBO)  # Pyro's estimators written out here
 
 
-def _traces(model, guide, args):
-    guide_trace = poutine.trace(guide).get_trace(*args)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    return model_trace, guide_trace
-
-
 def _log_prob_sum(site: dict) -> torch.Tensor:
     return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
 
 
 def _trace_particle(model, guide, args) -> torch.Tensor:
     """Minus Trace_ELBO's bound of one (vectorized) particle: log q - log p at the draws."""
-    model_trace, guide_trace = _traces(model, guide, args)
+    model_trace, guide_trace = replayed(model, guide, *args)
     return (sum(_log_prob_sum(site) for _, site in sample_sites(guide_trace))
             - sum(_log_prob_sum(site) for _, site in sample_sites(model_trace)))
 
@@ -284,7 +273,7 @@ def _trace_particle(model, guide, args) -> torch.Tensor:
 def _meanfield_particle(model, guide, args) -> torch.Tensor:
     """Minus TraceMeanField_ELBO's bound: KL(q || p) in closed form where one is known, by
     sampling elsewhere, minus the observed sites' log-likelihood."""
-    model_trace, guide_trace = _traces(model, guide, args)
+    model_trace, guide_trace = replayed(model, guide, *args)
     loss = 0.0
     for name, site in sample_sites(model_trace):
         if site["is_observed"]:
