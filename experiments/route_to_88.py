@@ -186,8 +186,8 @@ def train(args, data) -> dict:
     return result
 
 
-def command(r: dict) -> str:
-    """The command line that reproduces result ``r``."""
+def command(r: dict, out: Path) -> str:
+    """The command line that reproduces result ``r``, written to ``out``."""
     s = r["settings"]
     flags = [f"--name {r['name']}", f"--epochs {s['epochs']}", f"--batch-size {s['batch_size']}",
              f"--lr {s['lr']:g}", f"--decay {s['decay']}", f"--lr-end {s['lr_end']:g}",
@@ -198,7 +198,8 @@ def command(r: dict) -> str:
              f"--seed {s['seed']}",
              f"--curve-every {s['curve_every']}", f"--curve-samples {s['curve_samples']}",
              f"--curve-examples {s['curve_examples']}", f"--is-samples {r['is_samples']}",
-             f"--is-examples {r['is_examples']}", f"--threads {r['threads']}"]
+             f"--is-examples {r['is_examples']}", f"--threads {r['threads']}",
+             *([] if out == Path("results", "route_to_88") else [f"--out {out}"])]
     return "`.venv/bin/python experiments/route_to_88.py " + " ".join(flags) + "`"
 
 
@@ -258,7 +259,7 @@ def write(out: Path) -> None:
             f", {r['settings']['curve_examples']}): {r['curve'][-1]['nll']:.2f} | "
             + " | ".join(c[t] for t in THRESHOLDS) + f" | {r['machine']} |")
     lines += ["", "Each run's command:", ""]
-    lines += [f"- {r['name']}: {command(r)}" for r in results]
+    lines += [f"- {r['name']}: {command(r, out)}" for r in results]
     lines += ["", "![NLL against minutes](nll_vs_minutes.png)", ""]
     notes = out / "NOTES.md"
     if notes.exists():  # what the runs say, written by whoever ran them

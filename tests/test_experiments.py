@@ -239,6 +239,7 @@ def test_route_to_88_quick(tmp_path, capsys):
     readme = (out / "README.md").read_text()
     row = next(x for x in readme.splitlines() if x.startswith("| quick | 3 | "))
     assert "(IS-20, 200 images)" in row and row.count("not reached") == 5
+    assert f"--out {out}`" in readme  # its command writes where this run wrote
     with open(out / "curves.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
     assert (out / "nll_vs_minutes.png").read_bytes().startswith(b"\x89PNG")
