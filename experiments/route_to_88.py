@@ -64,6 +64,7 @@ from pyro_vae import VAE, Config, fit, load_dataset
 
 # the route's marks, then the IWAE paper's one-layer NLL of VAE k=1 and IWAE k=5 (Table 1)
 THRESHOLDS = (95.0, 90.0, 88.0, 86.76, 85.54)
+OUT = Path("results", "route_to_88")  # where a full run writes by default
 
 
 class Cosine:
@@ -110,7 +111,7 @@ def arguments() -> argparse.Namespace:
                         "runs/quick/route_to_88/ with --quick")
     parser.add_argument("--quick", action="store_true", help="1,000 images, 3 epochs (tests)")
     args = parser.parse_args()
-    args.out = args.out or Path("runs/quick" if args.quick else "results", "route_to_88")
+    args.out = args.out or (Path("runs/quick", "route_to_88") if args.quick else OUT)
     if args.quick:
         args.epochs, args.curve_every, args.curve_samples, args.curve_examples = 3, 2, 10, 50
         args.is_samples, args.is_examples = 20, 200
@@ -199,7 +200,7 @@ def command(r: dict, out: Path) -> str:
              f"--curve-every {s['curve_every']}", f"--curve-samples {s['curve_samples']}",
              f"--curve-examples {s['curve_examples']}", f"--is-samples {r['is_samples']}",
              f"--is-examples {r['is_examples']}", f"--threads {r['threads']}",
-             *([] if out == Path("results", "route_to_88") else [f"--out {out}"])]
+             *([] if out == OUT else [f"--out {out}"])]
     return "`.venv/bin/python experiments/route_to_88.py " + " ".join(flags) + "`"
 
 
