@@ -17,6 +17,7 @@ from .iwae import (
 from .likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from .model import VAE
 from .networks import Decoder, Encoder
+from .preemption import Preempted
 from .refinement import Refined, refine
 from .relaxed import GumbelSoftmaxELBO, Temperature
 from .rundir import RunError, load_run
@@ -40,6 +41,7 @@ __all__ = [
     "ImportanceWeightedELBO",
     "Likelihood",
     "ModelSpec",
+    "Preempted",
     "Refined",
     "RenyiELBO",
     "RunError",

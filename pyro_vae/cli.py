@@ -37,6 +37,7 @@ from .estimators import ESTIMATORS
 from .likelihoods import LIKELIHOODS
 from .model import LATENTS, VAE
 from .networks import ACTIVATIONS, NETWORKS
+from .preemption import Preempted
 from .refinement import FAMILIES
 from .rundir import (
     RunError,
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).split("Trace Shapes:")[0].rstrip()
         print(f"pyro-vae: error: {message}", file=sys.stderr)
         return 1
+    except Preempted as e:  # a signal, after the step in flight: fit has said how to resume
+        return e.code
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
@@ -570,6 +573,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help=f"learning rate ({d.lr})")
     t.add_argument("--eps", type=float, help="Adam's epsilon (torch's 1e-8)")
     t.add_argument("--epochs", type=int, help=f"total epochs, also when resuming ({d.epochs})")
+    t.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also checkpoint inside each epoch, every STEPS steps (a SIGTERM or "
+                        "SIGUSR1 checkpoints after the step in flight and exits either way)")
     t.add_argument("--particles", type=int,
                    help=f"samples per data point; k of iwae ({d.particles})")
     t.add_argument("--no-vectorize", dest="vectorize", action="store_const", const=False,

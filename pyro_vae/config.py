@@ -16,7 +16,7 @@ from .schedules import SCHEDULES
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 # what a resumed run may change: the same numbers
-RESUMABLE = ("epochs", "jit", "compile", "deterministic")
+RESUMABLE = ("epochs", "jit", "compile", "deterministic", "checkpoint_every")
 # Model settings of the first format, when config.json held both (before model.json).
 _OLD_MODEL_KEYS = ("likelihood", "sigma", "min_scale", "z_dim", "hidden", "activation")
 
@@ -54,6 +54,10 @@ class Config:
     clip_norm: float | None = None  # clip the gradient's global 2-norm to this before a step
     batch_size: int = 128
     epochs: int = 10
+    # Also checkpoint inside each epoch, after every this many steps (None: at its end
+    # only); a run resumed from one continues at the next step, bit for bit. A signal
+    # (SIGTERM, SIGUSR1) checkpoints after the step in flight either way (preemption).
+    checkpoint_every: int | None = None
     seed: int = 0
     device: str = "cpu"
     # On CUDA, train with torch.use_deterministic_algorithms (deterministic convolutions
@@ -66,6 +70,9 @@ class Config:
         for name in ("particles", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be at least 1 step, got "
+                             f"{self.checkpoint_every}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.eps is not None and (self.optimizer != "adam" or not self.eps > 0):

@@ -13,8 +13,10 @@
                     ``seconds``, ``lr``, and whatever columns the callbacks add
 ``checkpoint.pt``   parameters, the model object's buffers (fixed random permutations and
                     masks of autoregressive flows, for example), optimizer and scheduler
-                    state, random states, epoch; written atomically; read with
-                    ``torch.load(weights_only=True)``: data, never code
+                    state, random states, epoch, and the ``position`` inside the next
+                    epoch where it was written there (a signal, ``checkpoint_every``:
+                    :mod:`pyro_vae.preemption`), else None; written atomically; read
+                    with ``torch.load(weights_only=True)``: data, never code
 ``figures/``        PNGs
 ``.lock``           the one-writer lock (``fcntl.flock``), held while a process trains
 =================== =======================================================================
@@ -250,6 +252,14 @@ def write_metrics(run_dir: Path, metrics: list[dict]) -> None:
     atomic_write_text(run_dir / METRICS, metrics_text(metrics))
 
 
+def checkpoint_point(state: dict) -> str:
+    """Where a checkpoint stands: "epoch 3", or "epoch 4, step 50 of 469" for one written
+    inside an epoch (a preempted run, or ``checkpoint_every``)."""
+    inside = state.get("position")
+    return f"epoch {state['epoch']}" if inside is None else (
+        f"epoch {inside['epoch']}, step {inside['step']} of {inside['steps']}")
+
+
 def load_checkpoint(run_dir: Path) -> dict:
     """The checkpoint of ``run_dir``, read as data only (``weights_only=True``)."""
     path = Path(run_dir) / CHECKPOINT
@@ -367,6 +377,10 @@ def load_run(
     config, described = read_config(run_dir)
     spec = read_model(run_dir)
     state = load_checkpoint(run_dir)
+    if state.get("position") is not None:
+        print(f"{run_dir}: its checkpoint was written inside an epoch "
+              f"({checkpoint_point(state)}), so its parameters are that step's; resume the "
+              "run to finish the epoch", file=sys.stderr)
     recorded = read_data(run_dir) or old_data_record(config, described)
     if spec is None:
         raise RunError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,12 +39,14 @@ from .data import Dataset, as_arguments, differences
 from .distributed import World, data_parallel_step
 from .engine import Captured
 from .estimators import describe
+from .preemption import Preempted, catching
 from .rundir import (
     CHECKPOINT,
     METRICS,
     RunError,
     WriteError,
     buffers_of,
+    checkpoint_point,
     load_checkpoint,
     metrics_of,
     metrics_text,
@@ -154,8 +157,10 @@ def fit(
                     held.callback(callback.close)
             if deterministic:
                 held.enter_context(_deterministic())
+            requested = held.enter_context(catching(active=run_dir is not None))
             return _train(model, guide, data, config, run_dir, resume, quiet, elbo,
-                          make_scheduler, callbacks, recorded, world, labelled, owner, device)
+                          make_scheduler, callbacks, recorded, world, labelled, owner, device,
+                          requested)
     except WriteError as e:  # a full disk, a read-only folder: say what is intact
         e.intact = e.intact or _intact(run_dir, e, config.epochs)
         raise
@@ -167,17 +172,17 @@ def _intact(run_dir: Path | None, e: WriteError, epochs: int) -> str:
     if run_dir is None:
         return "Nothing was saved (a run in memory)"
     try:
-        epoch = load_checkpoint(run_dir)["epoch"]
+        point = checkpoint_point(load_checkpoint(run_dir))
     except RunError:
         return (f"No epoch of the run in {run_dir} was checkpointed, so nothing is lost: "
                 f"{e.remedy} and start the run again")
-    return (f"The checkpoint of epoch {epoch} in {run_dir} is intact: {e.remedy} and resume "
+    return (f"The checkpoint of {point} in {run_dir} is intact: {e.remedy} and resume "
             f"the run (pyro-vae train --resume {run_dir} --epochs {epochs}, or "
             "fit(..., resume=True))")
 
 
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
-           callbacks, recorded, world, labelled, owner, device) -> list[dict]:
+           callbacks, recorded, world, labelled, owner, device, requested) -> list[dict]:
     spec = getattr(owner, "spec", None)
     buffers = buffers_of(owner)
     writes = run_dir is not None and world.main  # the one process that writes, if any
@@ -215,6 +220,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
             torch.cuda.set_rng_state_all(state["rng"]["cuda"][world.rank])
         metrics = [m for m in state["metrics"] if m["epoch"] <= state["epoch"]]
         first_epoch = state["epoch"] + 1
+        position = state.get("position")  # inside epoch first_epoch, or None at its start
     else:
         if hasattr(elbo, "reset"):  # an estimator's clock starts with the run
             elbo.reset()
@@ -222,7 +228,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
             write_config(run_dir, config, recorded)
             write_model(run_dir, spec)
             write_data(run_dir, data)
-        metrics, first_epoch = [], 1
+        metrics, first_epoch, position = [], 1, None
     if writes:  # metrics.jsonl as the checkpoint has it (rundir: the order of writes)
         write_metrics(run_dir, metrics)
         if state is not None and state["recorded_data"] is None:  # of an earlier pyro-vae
@@ -237,22 +243,30 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
     n_train = data.x_train.shape[0]
     steps = math.ceil(n_train / config.batch_size)
     for epoch in range(first_epoch, config.epochs + 1):
-        kept = ("Nothing was written (a run in memory)." if run_dir is None else
-                f"The checkpoint in {run_dir} is the last good one (epoch {epoch - 1})."
-                if epoch > 1 else "No checkpoint was written.")
         for callback in callbacks:
             if hasattr(callback, "before_epoch"):
                 with torch.random.fork_rng(devices=devices):
                     callback.before_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                   disable=not show_bar, leave=False)
-        start, total, seen = time.perf_counter(), 0.0, 0
+        # where the last step of a preempted epoch left it: its steps, loss and seconds so far
+        done, total, seen, before = (0, 0.0, 0, 0.0) if position is None else (
+            position["step"], position["total"], position["seen"], position["seconds"])
+        at = f"epoch {epoch}, step {done} of {steps}" if done else f"epoch {epoch - 1}"
+        kept = ("Nothing was written (a run in memory)." if run_dir is None else
+                f"The checkpoint in {run_dir} is the last good one ({at})."
+                if epoch > 1 or done else "No checkpoint was written.")
+        position = None
+        bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}/{config.epochs}",
+                   unit="batch", disable=not show_bar, leave=False)
+        start = time.perf_counter()
+        epoch_data = generator.get_state()  # the epoch's order and binarization, from here
         batches = as_arguments(data.batches("train", config.batch_size, generator,
                                           labels=labelled), labelled)
         if world.size > 1:  # a last batch smaller than the world leaves a process nothing
             batches = (args for args in batches if args[0].shape[0] >= world.size)
         for i, args in enumerate(batches, start=1):
+            if i <= done:  # taken before the preemption: its batch drawn again, and passed
+                continue
             x = args[0]
             loss = _finite(f"at epoch {epoch}, step {i}", kept, step, *args)
             declared.check(f"at epoch {epoch}, step {i}")
@@ -264,8 +278,25 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
             seen += x.shape[0]
             bar.update()
             bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", refresh=False)
+            stop = requested.signum is not None
+            if world.size > 1:  # every process stops at the same step, if any was signalled
+                stop = world.sum(float(stop)) > 0
+            every = config.checkpoint_every
+            if stop or (every is not None and i % every == 0 and i < steps):
+                inside = dict(epoch=epoch, step=i, steps=steps, total=total, seen=seen,
+                              seconds=before + time.perf_counter() - start)
+                rng = world.gather(_rng_state())
+                if writes:
+                    save_checkpoint(run_dir, _checkpoint(
+                        epoch - 1, params, buffers, optimizer, scheduler, epoch_data, rng,
+                        metrics, elbo, inside))
+                    kept = (f"The checkpoint in {run_dir} is the last good one (epoch {epoch}, "
+                            f"step {i} of {steps}).")
+            if stop:
+                bar.close()
+                raise _preempted(requested, run_dir, config, epoch, i, steps, world)
         bar.close()
-        seconds = time.perf_counter() - start
+        seconds = before + time.perf_counter() - start
         if scheduler is not None:
             scheduler.step()
         test_loss = _finite(f"on the test set after epoch {epoch}", kept, _test_loss,
@@ -280,7 +311,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
         if writes:  # the checkpoint first: it holds this epoch's metrics too
             save_checkpoint(run_dir, _checkpoint(epoch, params, buffers, optimizer, scheduler,
-                                                 generator, rng, metrics, elbo))
+                                                 generator.get_state(), rng, metrics, elbo))
             write_metrics(run_dir, metrics)
         if world.main and not quiet:
             print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
@@ -410,18 +441,23 @@ def _rng_state() -> dict:
     return state
 
 
-def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: list[dict],
-                metrics: list[dict], elbo) -> dict:
-    """``rng``: each process's random state, in rank order (one entry in one process);
-    ``metrics``: every epoch's record up to this one, as ``metrics.jsonl`` holds them;
-    the estimator's own state where it has one (``state_dict``: a temperature's clock)."""
+def _checkpoint(epoch, params, buffers, optimizer, scheduler, data_rng: torch.Tensor,
+                rng: list[dict], metrics: list[dict], elbo, position: dict | None = None) -> dict:
+    """The state after ``epoch`` finished epochs, and ``position``'s steps of the next one
+    where it is given (``step``, ``steps``, and the epoch's ``total`` loss, ``seen``
+    examples and ``seconds`` so far); ``data_rng``: the data generator's state at the start
+    of the epoch to run next, which draws its order and binarization again; ``rng``: each
+    process's random state now, in rank order (one entry in one process); ``metrics``:
+    every finished epoch's record, as ``metrics.jsonl`` holds them; the estimator's own
+    state where it has one (``state_dict``: a temperature's clock)."""
     state = {
         "epoch": epoch,
+        "position": position,
         "metrics": metrics_text(metrics),
         "params": {name: p.detach() for name, p in params.items()},
         "buffers": {name: b.detach() for name, b in buffers.items()},
         "optimizer": optimizer.state_dict(),
-        "rng": {"torch": [r["torch"] for r in rng], "data": generator.get_state()},
+        "rng": {"torch": [r["torch"] for r in rng], "data": data_rng},
     }
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
@@ -430,6 +466,20 @@ def _checkpoint(epoch, params, buffers, optimizer, scheduler, generator, rng: li
     if "cuda" in rng[0]:
         state["rng"]["cuda"] = [r["cuda"] for r in rng]
     return state
+
+
+def _preempted(requested, run_dir: Path, config, epoch: int, step: int, steps: int,
+               world: World) -> Preempted:
+    """The exit of a run stopped by a signal after ``step`` of ``epoch``, its checkpoint
+    written; the main process says so, and how to resume."""
+    signum = requested.signum or signal.SIGTERM  # another process was signalled
+    message = (f"pyro-vae: {signal.Signals(signum).name}: stopped after step {step} of "
+               f"{steps} of epoch {epoch}/{config.epochs}, checkpoint written to {run_dir}; "
+               f"resume with pyro-vae train --resume {run_dir} --epochs {config.epochs} (or "
+               "the same fit(..., resume=True))")
+    if world.main:
+        print(message, file=sys.stderr, flush=True)
+    return Preempted(signum, message)
 
 
 def _finite(where: str, kept: str, compute: Callable[..., float], *args) -> float:

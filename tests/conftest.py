@@ -11,11 +11,11 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 def _fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
     """Every file under ``folder``: its path (relative) -> (size, SHA-256 of its content);
-    a study's training runs (``<study>/runs/``, git-ignored, where a full run in the
-    background may be writing) aside."""
+    a study's training runs (any ``runs/`` folder, git-ignored, where a full run in the
+    background may be writing: ``iwae_paper/our_recipe/runs/``) aside."""
     prints = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()
-                       and p.relative_to(folder).parts[1:2] != ("runs",)):
+                       and "runs" not in p.relative_to(folder).parts[:-1]):
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
