@@ -115,10 +115,8 @@ def test_signals_at_random_steps_then_resumes_end_where_the_uninterrupted_run_en
 
 def test_checkpoint_every_changes_no_number_and_a_kill_resumes_from_the_last(
         npz, reference, tmp_path):
-    every = tmp_path / "every"
-    assert main(_train(npz, every, "--checkpoint-every", "3")) == 0
-    assert _same(_state(every), reference)
-
+    """The resumed run writes its checkpoints every 3 steps too: it ends at the reference
+    only if neither the kill nor the checkpoints changed a number."""
     killed = tmp_path / "killed"
     done = _signalled(_train(npz, killed, "--checkpoint-every", "3"), STEPS + 5, signal.SIGKILL)
     assert done.returncode == -signal.SIGKILL, done.stderr
