@@ -55,5 +55,5 @@ def catching(active: bool = True):
     try:
         yield requested
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        for s, handler in before.items():  # None: a handler set outside Python
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
