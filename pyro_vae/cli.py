@@ -146,8 +146,6 @@ def train(args: argparse.Namespace) -> int:
         given.setdefault("dataset", DEFAULT_DATASET)
         config = Config(**given)
         run_dir = world.broadcast(Path(args.out or _default_run_dir(config, args)))
-    if world.size > 1 and args.jit is None:
-        config.jit = False  # a distributed run steps with Pyro (DDP around its loss)
     config.check()  # bad options fail here, before data is fetched or anything is written
     model_args = _json_object(args.model_args)  # and so do bad model options
     if args.resume:  # the factory's checks; the RNG as a new run's is when it builds
@@ -157,7 +155,6 @@ def train(args: argparse.Namespace) -> int:
         resolve(args.model)
     else:
         _vae(args, x_dim=16, image_shape=(1, 4, 4))  # the flags' checks, before any data
-    world.check(config.elbo)
     if world.size > 1 and config.dataset in DATASETS:
         world.on_main(fetch, config.dataset)  # one download into the cache, not one per process
     pyro.set_rng_seed(config.seed)

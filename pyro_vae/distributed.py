@@ -1,4 +1,4 @@
-r"""Data-parallel training across processes and machines: torchrun + DistributedDataParallel.
+r"""Data-parallel training across processes and machines: torchrun, one gradient all-reduce a step.
 
 Launch the same command once per device with PyTorch's launcher, for example::
 
@@ -9,18 +9,20 @@ torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous addres
 torchrun it is the one-process world and every method below is a no-op, so
 :func:`pyro_vae.fit` runs one code path for both.
 
-How a step is shared out (Pyro's documented route to DDP): every process draws the same
-epoch permutation and binarization (the data generator's seed is the run's), takes its
-contiguous slice of each *global* batch (``--batch-size`` is the global batch), and computes
-``elbo.differentiable_loss`` on it through Pyro's ``ELBOModule`` wrapped in
-:class:`~torch.nn.parallel.DistributedDataParallel`. DDP averages the gradients over the
-``W`` processes; each process scales its loss by ``W``, so the averaged gradient is the
-gradient of the global batch's *summed* loss, as in one process (Pyro's convention).
-Process ``r`` draws its latent noise from seed ``seed + r``. A last batch with fewer examples
-than processes is skipped (it would leave a process without data).
-
-Only estimators whose loss is a sum over data points of a differentiable surrogate can be
-split this way: :data:`DISTRIBUTABLE`.
+How a step is shared out: every process draws the same epoch permutation and binarization
+(the data generator's seed is the run's), takes its contiguous slice of each *global* batch
+(``--batch-size`` is the global batch), and runs the estimator's own
+``loss_and_grads`` on it, which puts on every parameter the gradient of its slice's summed
+loss. One ``all_reduce`` then sums those gradients over the ``W`` processes, so that every
+process holds the gradient of the global batch's *summed* loss, as one process would
+(Pyro's convention), and takes the same optimizer step. Every estimator is split this way,
+also an estimator object given to ``fit`` and the engine's captured step
+(:mod:`pyro_vae.engine`): each is a sum over data points (the importance-weighted ones
+weigh the particles of each point apart), so the global gradient is the sum of the slices'.
+Process ``r`` draws its latent noise from seed ``seed + r``; state an estimator keeps
+across steps is each process's own (a temperature's clock, the same in all; a decaying
+average baseline of ``graph``, each of its own slices). A last
+batch with fewer examples than processes is skipped (it would leave a process without data).
 """
 
 from __future__ import annotations
@@ -31,14 +33,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from pyro.infer import ELBO
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-
-# Pyro's TraceGraph_ELBO has no differentiable_loss; the importance-weighted estimators
-# (pyro_vae.iwae) are sums over data points too, but are not yet tested across processes:
-# they are refused at launch rather than trusted untested.
-DISTRIBUTABLE = ("trace", "meanfield")
 
 
 @dataclass(frozen=True)
@@ -79,17 +73,6 @@ class World:
                              "under torchrun each process trains on its own, cuda:LOCAL_RANK: "
                              "pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
         return f"cuda:{self.local_rank}"
-
-    def check(self, elbo: str) -> None:
-        """Raise ``ValueError`` if a run with this estimator cannot be split over the world."""
-        if self.size == 1:
-            return
-        if elbo not in DISTRIBUTABLE:
-            raise ValueError(
-                f"estimator {elbo!r} cannot train distributed ({self.size} processes): only "
-                f"{', '.join(DISTRIBUTABLE)} can (a differentiable loss summed over data "
-                "points); launch it as one process"
-            )
 
     def shard(self, x: torch.Tensor) -> torch.Tensor:
         """This process's contiguous part of a global batch (sizes differ by at most one)."""
@@ -142,27 +125,25 @@ class World:
 
 
 def data_parallel_step(
-    elbo: ELBO, model: Callable, guide: Callable, params: dict[str, torch.Tensor], world: World
+    elbo, model: Callable, guide: Callable, params: dict[str, torch.Tensor], world: World
 ) -> Callable[..., float]:
     """A function ``step(x)`` (or ``step(x, y)``) that puts on every parameter the gradient
-    of the global batch's summed loss, averaged by DDP over the processes, and returns that loss.
+    of the global batch's summed loss, summed over the processes' slices, and returns that
+    loss. ``elbo`` is anything with ``loss_and_grads(model, guide, *args)``.
 
-    ``params`` are the param store's tensors by name: they must be ``nn.Parameter``s (declared
-    through ``pyro.module``), the objects DDP synchronizes; a plain ``pyro.param`` is not one.
-    """
-    module = elbo(model, guide)  # Pyro's ELBOModule: forward(x) = elbo.differentiable_loss
-    for i, (name, p) in enumerate(params.items()):
-        if not isinstance(p, nn.Parameter):
-            raise ValueError(
-                f"parameter {name!r} is a plain pyro.param; distributed training synchronizes "
-                "nn.Parameters only: declare it inside an nn.Module registered with pyro.module"
-            )
-        module.register_parameter(f"param{i}", p)  # the same tensors the model and guide use
-    ddp = DistributedDataParallel(module)  # also broadcasts the main process's values
+    The main process's parameter values are broadcast first, so that all start equal even
+    where a model drew them from another stream."""
+    tensors = list(params.values())
+    for p in tensors:
+        dist.broadcast(p.data, src=0)
 
     def step(*args: torch.Tensor) -> float:  # (x,) or (x, y)
-        loss = ddp(*[world.shard(a) for a in args])
-        (loss * world.size).backward()
-        return world.sum(loss.item())
+        loss = elbo.loss_and_grads(model, guide, *[world.shard(a) for a in args])
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in tensors]
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one message, not one per tensor
+        dist.all_reduce(flat)
+        for p, g in zip(tensors, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p)
+        return world.sum(loss)
 
     return step

@@ -37,7 +37,6 @@ from .checks import ParamsSeen, check_labels, check_support
 from .config import OPTIMIZERS, RESUMABLE, Config
 from .data import Dataset, as_arguments, differences
 from .distributed import World, data_parallel_step
-from .engine import Captured
 from .estimators import describe
 from .preemption import Preempted, catching
 from .rundir import (
@@ -132,9 +131,6 @@ def fit(
     recorded = {"estimator": describe(elbo),
                 "lr_scheduler": _scheduler_name(lr_scheduler) if lr_scheduler else None}
     world = World.from_env(config.device)
-    world.check(config.elbo or describe(elbo))
-    if world.size > 1 and isinstance(elbo, Captured):  # DDP wraps Pyro's own loss
-        elbo = elbo.elbo
     device = world.device(config.device)  # cuda:LOCAL_RANK for each process under torchrun
     deterministic = device.startswith("cuda") and config.deterministic
     if deterministic:  # before cuBLAS makes its workspace
