@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -121,13 +122,15 @@ def test_a_distributed_run_resumes_exactly(straight, tmp_path):
     assert a["hashes"][-1] == b["hashes"][-1]
 
 
-@pytest.mark.usefixtures("mnist_binary")
 def test_the_cli_runs_under_torchrun(tmp_path):
-    """A per-point estimator, captured as in one process (the worker's runs are meanfield)."""
+    """A per-point estimator, captured as in one process (the worker's runs are meanfield),
+    on 200 + 50 random binary 8x8 images of a .npz file."""
+    images = lambda n: (np.random.default_rng(n).random((n, 8, 8)) < 0.3).astype(np.uint8) * 255  # noqa: E731
+    np.savez(tmp_path / "tiny.npz", x=images(200), x_test=images(50))
     run = tmp_path / "run"
-    r = _torchrun("-m", "pyro_vae.cli", "train", "--dataset", "mnist-binary", "--z-dim", "8",
-                  "--hidden", "32", "--elbo", "iwae", "--particles", "5", "--batch-size",
-                  "1000", "--epochs", "1", "--quiet", "--out", str(run))
+    r = _torchrun("-m", "pyro_vae.cli", "train", "--dataset", str(tmp_path / "tiny.npz"),
+                  "--z-dim", "4", "--hidden", "16", "--elbo", "iwae", "--particles", "5",
+                  "--batch-size", "50", "--epochs", "1", "--quiet", "--out", str(run))
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("run directory:") == 1 and "(2 processes)" in r.stdout
     assert len((run / METRICS).read_text().splitlines()) == 1
