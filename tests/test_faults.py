@@ -20,10 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 from faults import FAULTS, Disk
+from runs import run_state, same, timeless, tiny_npz
 
 from pyro_vae.cli import main
 from pyro_vae.rundir import CHECKPOINT, METRICS, load_checkpoint, metrics_of
@@ -34,35 +33,12 @@ RECORDS = ("config.json", "model.json", "data.json")
 
 @pytest.fixture(scope="module")
 def disk_npz(tmp_path_factory):
-    """64 + 16 random binary 8x8 images: a run of two epochs takes a fraction of a second."""
-    g = torch.Generator().manual_seed(0)
-    images = lambda n: ((torch.rand(n, 8, 8, generator=g) < 0.3) * 255).to(torch.uint8)  # noqa: E731
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x=images(64).numpy(), x_test=images(16).numpy())
-    return path
+    return tiny_npz(tmp_path_factory.mktemp("data"))
 
 
 def _train(npz, run, epochs=2):
     return ["train", "--dataset", str(npz), "--z-dim", "2", "--hidden", "8", "--batch-size",
             "32", "--epochs", str(epochs), "--tensorboard", "--quiet", "--out", str(run)]
-
-
-def _state(run):
-    """What a run ends with: its checkpoint's epoch and parameters, its metrics without the
-    seconds they took."""
-    state = load_checkpoint(run)
-    metrics = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
-    return state["epoch"], state["params"], [_timeless(m) for m in metrics]
-
-
-def _timeless(record):
-    return {k: v for k, v in record.items() if k != "seconds"}
-
-
-def _same(a, b) -> bool:
-    (epoch_a, params_a, metrics_a), (epoch_b, params_b, metrics_b) = a, b
-    return (epoch_a == epoch_b and metrics_a == metrics_b and params_a.keys() == params_b.keys()
-            and all(torch.equal(params_a[k], params_b[k]) for k in params_a))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +49,7 @@ def reference(disk_npz, tmp_path_factory):
     assert main(_train(disk_npz, one, epochs=1)) == 0
     with Disk(two) as disk:
         assert main(_train(disk_npz, two)) == 0
-    return {"states": {1: _state(one), 2: _state(two)}, "run": two,
+    return {"states": {1: run_state(one), 2: run_state(two)}, "run": two,
             "operations": disk.operations}
 
 
@@ -91,15 +67,15 @@ def _whole(run, reference) -> list[str]:
         try:
             state = load_checkpoint(run)
             checkpointed = state["epoch"]
-            held = [_timeless(m) for m in metrics_of(state)]
-            if not _same((checkpointed, state["params"], held),
+            held = [timeless(m) for m in metrics_of(state)]
+            if not same((checkpointed, state["params"], held),
                          reference["states"][checkpointed]):
                 bad.append(f"{CHECKPOINT} (not the reference's epoch {checkpointed})")
         except Exception as e:  # noqa: BLE001 - any failure to read it is a torn file
             bad.append(f"{CHECKPOINT} ({e})")
     if (run / METRICS).exists():
         try:
-            lines = [_timeless(json.loads(line))
+            lines = [timeless(json.loads(line))
                      for line in (run / METRICS).read_text().splitlines()]
             if lines != reference["states"][2][2][: len(lines)] or len(lines) > checkpointed:
                 bad.append(f"{METRICS} ({len(lines)} epochs, checkpoint {checkpointed})")
@@ -166,7 +142,7 @@ def _sweep(which, reference, npz, tmp_path, capsys) -> dict:
         torn = _whole(run, reference)
         figures["torn files"] += len(torn)
         problems += [f"{where}: {t}" for t in torn]
-        if _follow(line, npz, run) != 0 or not _same(_state(run), reference["states"][2]):
+        if _follow(line, npz, run) != 0 or not same(run_state(run), reference["states"][2]):
             figures["cannot resume"] += 1
             problems.append(f"{where}: following {line!r} did not end as the reference "
                             f"did: {capsys.readouterr().err[-300:]!r}")
@@ -289,7 +265,7 @@ def test_a_full_disk_in_a_checkpoint_write_is_said_and_the_run_resumes(
     assert len((run / METRICS).read_text().splitlines()) == 1  # no epoch the checkpoint lacks
     assert load_checkpoint(run)["epoch"] == 1
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert _same(_state(run), reference["states"][2])
+    assert same(run_state(run), reference["states"][2])
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_1(
@@ -301,7 +277,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_epoch_1(
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "has no checkpoint (no epoch had finished): the run starts at epoch 1" in \
         capsys.readouterr().err
-    assert _same(_state(run), reference["states"][2])
+    assert same(run_state(run), reference["states"][2])
 
     # Without its records too, it is said to start again: nothing is lost.
     bare = tmp_path / "bare"
@@ -373,7 +349,7 @@ def test_a_run_killed_inside_its_checkpoint_write_resumes_exactly(reference, dis
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert f"removed {torn}, left by an interrupted write" in capsys.readouterr().err
     assert not torn.exists()
-    assert _same(_state(run), reference["states"][2])
+    assert same(run_state(run), reference["states"][2])
 
 
 # --------------------------------------------------------------------------- a real full disk
@@ -412,7 +388,7 @@ def test_a_real_full_disk_stops_a_run_cleanly_and_it_resumes_once_space_is_freed
         assert load_checkpoint(run)["epoch"] == 1
         filler.unlink()
         assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
-        assert _same(_state(run), reference["states"][2])
+        assert same(run_state(run), reference["states"][2])
 
 
 def test_write_errors_name_the_cause_and_the_remedy(tmp_path):

@@ -8,19 +8,17 @@ The signal is sent by the process to itself from its optimizer's step (a subclas
 counts steps), so that it lands at a chosen step; the process handles it as any signal.
 """
 
-import json
 import random
 import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
+from runs import run_state, same, tiny_npz
 
 from pyro_vae import Config, load_run
 from pyro_vae.cli import main
-from pyro_vae.rundir import METRICS, load_checkpoint
+from pyro_vae.rundir import load_checkpoint
 
 EPOCHS, STEPS = 3, 8  # 64 training images in batches of 8
 
@@ -49,12 +47,7 @@ sys.exit(main(sys.argv[3:]))
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
-    """64 + 16 random binary 8x8 images."""
-    g = torch.Generator().manual_seed(0)
-    images = lambda n: ((torch.rand(n, 8, 8, generator=g) < 0.3) * 255).to(torch.uint8)  # noqa: E731
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, x=images(64).numpy(), x_test=images(16).numpy())
-    return path
+    return tiny_npz(tmp_path_factory.mktemp("data"))
 
 
 def _train(npz, run, *extra):
@@ -69,24 +62,11 @@ def _signalled(argv, at: int, signum: int):
                           capture_output=True, text=True, timeout=120)
 
 
-def _state(run):
-    state = load_checkpoint(run)
-    metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-               for line in (run / METRICS).read_text().splitlines()]
-    return state["epoch"], state["params"], metrics
-
-
-def _same(a, b) -> bool:
-    (epoch_a, params_a, metrics_a), (epoch_b, params_b, metrics_b) = a, b
-    return (epoch_a == epoch_b and metrics_a == metrics_b and params_a.keys() == params_b.keys()
-            and all(torch.equal(params_a[k], params_b[k]) for k in params_a))
-
-
 @pytest.fixture(scope="module")
 def reference(npz, tmp_path_factory):
     run = tmp_path_factory.mktemp("reference") / "run"
     assert main(_train(npz, run)) == 0
-    return _state(run)
+    return run_state(run)
 
 
 def test_signals_at_random_steps_then_resumes_end_where_the_uninterrupted_run_ends(
@@ -110,7 +90,7 @@ def test_signals_at_random_steps_then_resumes_end_where_the_uninterrupted_run_en
     assert "its checkpoint was written inside an epoch" in capsys.readouterr().err
     assert main(resume) == 0
     assert load_checkpoint(run)["position"] is None
-    assert _same(_state(run), reference)
+    assert same(run_state(run), reference)
 
 
 def test_checkpoint_every_changes_no_number_and_a_kill_resumes_from_the_last(
@@ -123,7 +103,7 @@ def test_checkpoint_every_changes_no_number_and_a_kill_resumes_from_the_last(
     state = load_checkpoint(killed)  # after step 3 of epoch 2 (the kill came after its 5th)
     assert (state["epoch"], state["position"]["step"]) == (1, 3)
     assert main(["train", "--resume", str(killed), "--quiet"]) == 0
-    assert _same(_state(killed), reference)
+    assert same(run_state(killed), reference)
 
 
 def test_checkpoint_every_must_be_a_positive_number_of_steps():
