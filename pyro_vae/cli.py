@@ -30,7 +30,7 @@ import torch
 
 from .callbacks import TensorBoard
 from .config import OPTIMIZERS, Config
-from .data import DATASETS, EVAL_SEED, fetch, load_dataset, load_recorded
+from .data import DATASETS, EVAL_SEED, fetch, load_dataset, load_recorded, load_source
 from .distributed import World
 from .engine import EagerFallback
 from .estimators import ESTIMATORS
@@ -128,8 +128,9 @@ def train(args: argparse.Namespace) -> int:
         if vae_flags or args.model_args is not None:
             raise ValueError(f"a resumed run keeps its model: drop {_flags(vae_flags) or ''}"
                              f"{' --model-args' if args.model_args is not None else ''}")
-        if args.image_size is not None:
-            raise ValueError("a resumed run keeps its data: drop --image-size")
+        if args.image_size is not None or args.stream is not None:
+            raise ValueError("a resumed run keeps its data: drop "
+                             f"{'--image-size' if args.image_size is not None else '--stream'}")
         run_dir = Path(args.resume)
         world.on_main(require_records, run_dir)  # without a checkpoint: config, model, data
         saved, described = world.on_main(read_config, run_dir)  # the main process reads it
@@ -160,10 +161,9 @@ def train(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(config.seed)
     if args.resume:  # the data it trained on (checked, where the run has their fingerprint)
         source = recorded["source"]
-        data = (load_dataset(source["name"], image_size=source["image_size"])
-                if recorded.get("unchecked") else load_recorded(recorded))
+        data = load_source(source) if recorded.get("unchecked") else load_recorded(recorded)
     else:
-        data = load_dataset(config.dataset, image_size=args.image_size)
+        data = load_dataset(config.dataset, image_size=args.image_size, stream=args.stream)
     if args.resume:  # its parameters: the checkpoint's (a new run's, where it has none)
         built = rebuild(spec, args.model, args.edited_model)
     elif args.model:
@@ -528,8 +528,11 @@ def _parser() -> argparse.ArgumentParser:
     t = commands.add_parser("train", help="train a VAE with SVI (or resume a run)")
     t.set_defaults(command=train)
     # Defaults are None so that only the flags actually given override a config.
-    t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a path: a .npz or .csv file, "
-                   f"or a folder of PNG/JPEG images in class sub-folders ({DEFAULT_DATASET})")
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)}, or a path: a .npz, .npy or .csv "
+                   f"file, or a folder of PNG/JPEG images in class sub-folders ({DEFAULT_DATASET})")
+    t.add_argument("--stream", action=argparse.BooleanOptionalAction,
+                   help="read a .npy file (uint8) or a folder a batch at a time, not all into "
+                        "memory (default: where its training images take over 1 GiB as floats)")
     t.add_argument("--image-size", dest="image_size", type=int, nargs="+",
                    metavar=("HEIGHT", "WIDTH"),
                    help="resize a folder's images to this (one number: square)")

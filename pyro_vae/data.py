@@ -4,7 +4,10 @@ A :class:`Dataset` holds one float tensor per split, each row an example flatten
 vector (images: values in [0, 1], pixels in (channel, height, width) order), its labels
 where it has them, and its images' shape. Batches are slices of a random permutation;
 there is no per-item pipeline on the hot path. Besides MNIST and Fashion-MNIST it reads a
-user's ``.npz`` and ``.csv`` files and folders of PNG/JPEG images (:func:`load_dataset`).
+user's ``.npz``, ``.npy`` and ``.csv`` files and folders of PNG/JPEG images
+(:func:`load_dataset`). A ``.npy`` array or a folder too large to hold as floats is
+*streamed*: its splits are :class:`~pyro_vae.streaming.Rows`, read and scaled a batch at a
+time, with the same batches (:mod:`pyro_vae.streaming`).
 
 ``mnist-binary`` and ``fashion-mnist-binary`` use *dynamic binarization*: every batch is a
 fresh draw ``x ~ Bernoulli(grey levels)``, the convention of Burda et al. (2016), "Importance
@@ -43,6 +46,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .streaming import FOLDER_WORKERS, ImageFiles, Rows
+
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -72,6 +77,9 @@ DATASETS = {"mnist": "mnist", "mnist-binary": "mnist", "fashion-mnist": "fashion
 EVAL_SEED = 0  # seed of the one fixed binarization that evaluations use
 _DERIVED = ("validation", "labels")  # Dataset.held_out, Dataset.keep_labels: replay order
 NPZ_TEST_FRACTION = 0.1  # held out of a user's .npz file when it has no `x_test`
+# A .npy array or image folder whose training split would take more than this as float32
+# is streamed (read per batch, pyro_vae.streaming) unless load_dataset(stream=False)
+STREAM_ABOVE = 2**30  # bytes
 
 
 class DataError(ValueError):
@@ -131,8 +139,9 @@ class Dataset:
         as in semi-supervised training)."""
         x = self.split(split)
         y = self.labels(split) if labels else None
-        for rows in self.batch_rows(split, batch_size, generator, shuffle):
-            batch = x[rows]
+        order = self.batch_rows(split, batch_size, generator, shuffle)
+        read = x.batches(order) if isinstance(x, Rows) else (x[rows] for rows in order)
+        for rows, batch in zip(order, read, strict=True):
             if self.binarize:
                 batch = torch.bernoulli(batch, generator=generator)
             yield (batch, y[rows]) if labels else batch
@@ -287,6 +296,8 @@ class Dataset:
 
 def fingerprint(t: torch.Tensor) -> str:
     """A digest of a tensor's dtype, shape and contents (BLAKE2b, 128 bits)."""
+    if isinstance(t, Rows):
+        return t.fingerprint()  # read a chunk at a time, the same digest
     a = t.detach().cpu().contiguous()
     h = hashlib.blake2b(f"{a.dtype} {tuple(a.shape)}".encode(), digest_size=16)
     h.update(memoryview(a.numpy()).cast("B"))
@@ -316,7 +327,7 @@ def load_recorded(recorded: dict) -> Dataset:
             f"the run trained on data {recorded.get('name')!r} made in Python, not by "
             "load_dataset, so they cannot be loaded again by name: pass the same Dataset "
             "(load_run(..., data=...))")
-    data = load_dataset(source["name"], image_size=source.get("image_size"))
+    data = load_source(source)
     if source.get("subset"):
         data = data.subset(**source["subset"])
     if source.get("validation"):
@@ -337,17 +348,29 @@ def as_arguments(batches: Iterator, labels: bool) -> Iterator[tuple[torch.Tensor
     return batches if labels else ((x,) for x in batches)
 
 
+def load_source(source: dict) -> Dataset:
+    """The data :func:`load_dataset` loaded with the arguments ``source`` records."""
+    return load_dataset(source["name"], image_size=source.get("image_size"),
+                        stream=source.get("stream"))
+
+
 def load_dataset(name: str, root: str | Path | None = None, download: bool = True,
-                 image_size: tuple[int, int] | None = None) -> Dataset:
+                 image_size: tuple[int, int] | None = None,
+                 stream: bool | None = None) -> Dataset:
     """Load ``mnist``, ``mnist-binary``, ``fashion-mnist``, ``fashion-mnist-binary``, or a path
     to your own data:
 
     - a ``.npz`` file: ``x`` (N, D) vectors or (N, H, W) grey images, and optionally ``y``
       (N,) integer labels, ``x_test`` and ``y_test``. Images are uint8 (0..255) or floats in
       [0, 1]; vectors may be any finite numbers (for the Gaussian likelihoods);
+    - a ``.npy`` file: one array, as ``x`` of a ``.npz`` file, unlabelled (:func:`load_npy`);
     - a ``.csv`` file: N rows of D numbers (:func:`load_csv`);
     - a folder of PNG/JPEG images, labelled by their class sub-folders
       (:func:`load_image_folder`; ``image_size`` resizes them).
+
+    ``stream``: read a ``.npy`` array (uint8) or a folder a batch at a time instead of
+    holding it as floats (:mod:`pyro_vae.streaming`; the same batches); by default where the
+    training split would take more than :data:`STREAM_ABOVE` bytes as float32.
 
     Without a test split of their own, a fixed part of the examples is held out (``.npz``,
     ``.csv``: a random 10%, seed 0; folders: every 10th image of each class).
@@ -355,17 +378,24 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Tru
     name = str(name)
     if image_size is not None and not Path(name).is_dir():
         raise DataError(f"image_size is for a folder of images, not for {name!r}")
+    if stream is not None and not (name.endswith(".npy") or Path(name).is_dir()):
+        raise DataError(f"stream is for a .npy file or a folder of images, not for {name!r}: "
+                        "the other datasets are held in memory")
     source = {"name": name, "image_size": None if image_size is None else list(image_size)}
+    if stream is not None:  # recorded where it was chosen, so that the run reopens the same way
+        source["stream"] = stream
     if name.endswith(".npz"):
         return replace(load_npz(name), source=source)
+    if name.endswith(".npy"):
+        return replace(load_npy(name, stream), source=source)
     if name.endswith(".csv"):
         return replace(load_csv(name), source=source)
     if Path(name).is_dir():
-        return replace(load_image_folder(name, image_size), source=source)
+        return replace(load_image_folder(name, image_size, stream), source=source)
     if name not in DATASETS:
         raise DataError(
             f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}, "
-            "or a path to a .npz file, a .csv file or a folder of images"
+            "or a path to a .npz, .npy or .csv file or a folder of images"
         )
     folder = fetch(name, root, download)
     images = {f: read_idx(folder / f) for f in IDX_FILES}
@@ -603,6 +633,56 @@ def load_npz(path: str | Path) -> Dataset:
     )
 
 
+def load_npy(path: str | Path, stream: bool | None = None) -> Dataset:
+    """A user's unlabelled images or vectors from a ``.npy`` file: one array, of the shapes
+    and dtypes ``x`` of a ``.npz`` file may have. Its test split is the array in
+    ``NAME_test.npy`` beside it where there is one, else its last 10% of rows (keep the rows
+    in random order). A uint8 array is memory-mapped and streamed (read and scaled per
+    batch, :class:`~pyro_vae.streaming.Rows`) with ``stream``, or by default where its
+    training split would take more than :data:`STREAM_ABOVE` bytes as float32."""
+    path = Path(path)
+    pair = [path, path.with_name(f"{path.stem}_test.npy")]
+    pair = pair if pair[1].is_file() else pair[:1]
+    arrays = [_open_npy(p) for p in pair]
+    for p, a in zip(pair, arrays, strict=True):
+        if a.ndim not in (2, 3) or a.shape[0] < 2:
+            raise DataError(f"{p} has shape {a.shape}; expected (N, D) vectors or (N, H, W) "
+                            "images with N >= 2")
+    if len(arrays) == 2 and arrays[1].shape[1:] != arrays[0].shape[1:]:
+        raise DataError(f"{pair[1]} holds rows of shape {arrays[1].shape[1:]}, {path} of "
+                        f"{arrays[0].shape[1:]}")
+    n, width = arrays[0].shape[0], int(np.prod(arrays[0].shape[1:]))
+    if stream is None:
+        stream = arrays[0].dtype == np.uint8 and n * width * 4 > STREAM_ABOVE
+    if stream and arrays[0].dtype != np.uint8:
+        raise DataError(f"{path} holds {arrays[0].dtype}, and streamed arrays are uint8 images "
+                        "(0..255): store it as uint8, or load it in memory (stream=False)")
+    if stream:
+        splits = [Rows(a.reshape(a.shape[0], -1)) for a in arrays]
+    else:
+        splits = [_npz_images(np.asarray(a), str(p)).reshape(a.shape[0], -1)
+                  for p, a in zip(pair, arrays, strict=True)]
+    if len(splits) == 1:  # the last 10% held out: a slice, which a memory map keeps lazy
+        cut = n - max(1, round(n * NPZ_TEST_FRACTION))
+        splits = [splits[0][:cut], splits[0][cut:]]
+    offset = {"train": 0, "test": 0 if len(arrays) == 2 else len(splits[0])}
+    where_of = {"train": path, "test": pair[1] if len(arrays) == 2 else path}
+    return Dataset(name=str(path), x_train=splits[0], x_test=splits[1],
+                   image_shape=(1, *arrays[0].shape[1:]) if arrays[0].ndim == 3 else None,
+                   where=lambda split, i: f"row {offset[split] + i} of {where_of[split]} "
+                                          f"({split} split)")
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` file, memory-mapped (nothing read yet)."""
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - a bad header, a pickled object array
+        raise DataError(f"{path} cannot be read as a .npy file ({_one_line(e)})") from e
+
+
 def _npz_images(a: np.ndarray, what: str) -> torch.Tensor:
     if a.ndim not in (2, 3) or a.shape[0] < 2:
         raise DataError(
@@ -716,7 +796,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FOLDER_TEST_EVERY = 10  # every 10th image of each class (in file-name order) is a test image
 
 
-def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = None) -> Dataset:
+def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = None,
+                      stream: bool | None = None) -> Dataset:
     """A folder of PNG/JPEG images, decoded by Pillow.
 
     - Labels: as ``torchvision.datasets.ImageFolder``: each sub-folder is a class (sorted by
@@ -730,6 +811,11 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
       to which every image is resized (bilinear).
     - Split: every 10th image of each class in file-name order (the 10th, 20th, ...) is a
       test image; a class of fewer than 10 images gives its last one.
+    - ``stream``: decode each batch's files as it is drawn, in DataLoader workers, instead of
+      all of them at load time (:class:`~pyro_vae.streaming.ImageFiles`); by default where
+      the training images would take more than :data:`STREAM_ABOVE` bytes as float32. The
+      checks above then read the files' headers at load time, and their pixels are first
+      decoded as the run records its data (their fingerprint).
 
     Rows hold the pixels in (channel, height, width) order as floats in [0, 1]; the
     dataset's ``image_shape`` is (channels, height, width).
@@ -742,45 +828,72 @@ def load_image_folder(path: str | Path, image_size: tuple[int, int] | None = Non
     if not groups:
         raise DataError(f"{root}: no images in it ({', '.join(IMAGE_SUFFIXES)} files, in the "
                         "folder itself or in class sub-folders)")
-    pictures, labels, tests, first_of = [], [], [], {}
-    with tqdm(total=sum(len(files) for _, files in groups), desc=f"reading {root.name}",
-              unit="image", disable=not sys.stderr.isatty(), leave=False) as bar:
-        for label, files in groups:
-            for k, file in enumerate(files):
-                image, channels = _read_image(file, image_size)
-                first_of.setdefault(channels, file)
-                if len(first_of) > 1:
-                    raise DataError(f"{root}: images mix grey and colour: {first_of[1]} is "
-                                    f"grey (1 channel), {first_of[3]} is colour (3 channels); "
-                                    "convert them to one kind")
-                pictures.append((file, image))
-                labels.append(-1 if label is None else label)
-                last = k == len(files) - 1 and len(files) < FOLDER_TEST_EVERY
-                tests.append((k + 1) % FOLDER_TEST_EVERY == 0 or (last and len(files) > 1))
-                bar.update()
-    shapes = {a.shape for _, a in pictures}
-    if len(shapes) > 1:
-        (file_a, a), (file_b, b) = pictures[0], next(p for p in pictures if p[1].shape !=
-                                                     pictures[0][1].shape)
-        raise DataError(f"{root}: images differ in size: {file_a} is {a.shape[1]}x{a.shape[0]}, "
-                        f"{file_b} is {b.shape[1]}x{b.shape[0]} (width x height); pass an "
-                        "image size (--image-size HEIGHT WIDTH) to resize them all")
-    x = torch.from_numpy(np.stack([a for _, a in pictures])).permute(0, 3, 1, 2)
-    image_shape = tuple(x.shape[1:])
-    x = x.reshape(x.shape[0], -1).float().div_(255)
+    files, labels, tests = [], [], []
+    for label, group in groups:
+        for k, file in enumerate(group):
+            files.append(file)
+            labels.append(-1 if label is None else label)
+            last = k == len(group) - 1 and len(group) < FOLDER_TEST_EVERY
+            tests.append((k + 1) % FOLDER_TEST_EVERY == 0 or (last and len(group) > 1))
     test = torch.tensor(tests)
     if not test.any() or test.all():
-        raise DataError(f"{root}: {len(pictures)} image(s) cannot be split into training and "
+        raise DataError(f"{root}: {len(files)} image(s) cannot be split into training and "
                         f"test images (every {FOLDER_TEST_EVERY}th image of each class is a "
                         "test image); add more images")
+    image_shape = _check_images(root, files, image_size)
+    split = {"train": [f for f, t in zip(files, tests, strict=True) if not t],
+             "test": [f for f, t in zip(files, tests, strict=True) if t]}
+    if stream is None:
+        stream = len(split["train"]) * math.prod(image_shape) * 4 > STREAM_ABOVE
+    if stream:
+        x_train, x_test = (Rows(ImageFiles(split[k], image_size), workers=FOLDER_WORKERS,
+                                width=math.prod(image_shape)) for k in ("train", "test"))
+    else:
+        pictures = []
+        for file in tqdm(files, desc=f"reading {root.name}", unit="image", leave=False,
+                         disable=not sys.stderr.isatty()):
+            pictures.append(_read_image(file, image_size)[0])
+        x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2)
+        x = x.reshape(x.shape[0], -1).float().div_(255)
+        x_train, x_test = x[~test], x[test]
     y = torch.tensor(labels)
     labelled = bool(classes)
-    files = {"train": [f for (f, _), t in zip(pictures, tests, strict=True) if not t],
-             "test": [f for (f, _), t in zip(pictures, tests, strict=True) if t]}
-    return Dataset(name=str(root), x_train=x[~test], x_test=x[test],
+    return Dataset(name=str(root), x_train=x_train, x_test=x_test,
                    y_train=y[~test] if labelled else None, y_test=y[test] if labelled else None,
                    image_shape=image_shape,
-                   where=lambda split, i: f"{files[split][i]} ({split} split)")
+                   where=lambda split_, i: f"{split[split_][i]} ({split_} split)")
+
+
+def _check_images(root: Path, files: list[Path], image_size: tuple[int, int] | None
+                  ) -> tuple[int, int, int]:
+    """The (channels, height, width) all of a folder's images decode to, read from their
+    headers; a :class:`DataError` naming the files where they mix grey and colour or differ
+    in size (without ``image_size``), or where one is no 8-bit image."""
+    from PIL import Image, UnidentifiedImageError
+
+    first_of, sizes = {}, {}
+    for file in files:
+        try:
+            with Image.open(file) as image:  # the header only: no pixels are decoded
+                mode, size = image.mode, image.size
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"{file}: cannot be read as an image ({_one_line(e)})") from e
+        if mode == "F" or mode.startswith("I"):
+            raise DataError(f"{file}: its pixels are of mode {mode!r} (16 bits or more per "
+                            "channel); pyro-vae reads 8-bit images: save it as 8-bit grey or RGB")
+        first_of.setdefault(1 if mode in ("1", "L", "LA") else 3, file)
+        if len(first_of) > 1:
+            raise DataError(f"{root}: images mix grey and colour: {first_of[1]} is grey "
+                            f"(1 channel), {first_of[3]} is colour (3 channels); convert them "
+                            "to one kind")
+        sizes.setdefault(size, file)
+        if image_size is None and len(sizes) > 1:
+            (a, file_a), (b, file_b) = sizes.items()
+            raise DataError(f"{root}: images differ in size: {file_a} is {a[0]}x{a[1]}, "
+                            f"{file_b} is {b[0]}x{b[1]} (width x height); pass an image size "
+                            "(--image-size HEIGHT WIDTH) to resize them all")
+    height, width = image_size if image_size is not None else next(iter(sizes))[::-1]
+    return next(iter(first_of)), height, width
 
 
 def _read_image(file: Path, image_size: tuple[int, int] | None) -> tuple[np.ndarray, int]:

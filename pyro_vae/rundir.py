@@ -67,7 +67,7 @@ import pyro.poutine as poutine
 import torch
 
 from .config import Config
-from .data import DataError, Dataset, as_arguments, differences, load_dataset, load_recorded
+from .data import DataError, Dataset, as_arguments, differences, load_recorded, load_source
 from .spec import ModelSpec, rebuild
 from .traces import takes_labels
 
@@ -425,8 +425,7 @@ def _run_data(run_dir: Path, config: Config, recorded: dict,
                   f"on {config.dataset!r}, the name its config gives, unchecked",
                   file=sys.stderr)
             source = recorded["source"]
-            return data if data is not None else load_dataset(
-                source["name"], image_size=source["image_size"])
+            return data if data is not None else load_source(source)
         if data is None:
             return load_recorded(recorded)
     except DataError as e:
