@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .streaming import FOLDER_WORKERS, ImageFiles, Rows
+from .streaming import FOLDER_WORKERS, ImageFiles, NpyFile, Rows
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -637,7 +637,7 @@ def load_npy(path: str | Path, stream: bool | None = None) -> Dataset:
     """A user's unlabelled images or vectors from a ``.npy`` file: one array, of the shapes
     and dtypes ``x`` of a ``.npz`` file may have. Its test split is the array in
     ``NAME_test.npy`` beside it where there is one, else its last 10% of rows (keep the rows
-    in random order). A uint8 array is memory-mapped and streamed (read and scaled per
+    in random order). A uint8 array is streamed (read from the file and scaled per
     batch, :class:`~pyro_vae.streaming.Rows`) with ``stream``, or by default where its
     training split would take more than :data:`STREAM_ABOVE` bytes as float32."""
     path = Path(path)
@@ -658,7 +658,7 @@ def load_npy(path: str | Path, stream: bool | None = None) -> Dataset:
         raise DataError(f"{path} holds {arrays[0].dtype}, and streamed arrays are uint8 images "
                         "(0..255): store it as uint8, or load it in memory (stream=False)")
     if stream:
-        splits = [Rows(a.reshape(a.shape[0], -1)) for a in arrays]
+        splits = [Rows(NpyFile(p)) for p in pair]
     else:
         splits = [_npz_images(np.asarray(a), str(p)).reshape(a.shape[0], -1)
                   for p, a in zip(pair, arrays, strict=True)]

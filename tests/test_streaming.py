@@ -14,7 +14,7 @@ from test_data import _colour_folder, _png
 from pyro_vae import data as data_module
 from pyro_vae.data import DataError, load_dataset
 from pyro_vae.rundir import METRICS
-from pyro_vae.streaming import Rows
+from pyro_vae.streaming import NpyFile, Rows
 
 
 def _images(path, n=200, seed=0):
@@ -45,6 +45,47 @@ def test_a_streamed_npy_array_gives_the_batches_and_record_of_the_array_in_memor
     assert record_a["fingerprint"] == record_b["fingerprint"]
     assert (record_a["source"]["stream"], record_b["source"]["stream"]) == (True, False)
     assert "row 185 of" in streamed.row("test", 5)
+
+
+def _resident_kb(path) -> int:
+    """The kB of ``path``'s memory mappings resident in this process (/proc/self/smaps)."""
+    kb, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and first == "Rss:":
+            kb += int(line.split()[1])
+    return kb
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_a_npy_file_reads_its_rows_without_keeping_them_resident(tmp_path):
+    path = tmp_path / "big.npy"
+    raw = np.random.default_rng(1).integers(0, 256, (4096, 32, 32), dtype=np.uint8)  # 4 MB
+    np.save(path, raw)
+    rows, plain = NpyFile(path), np.load(path, mmap_mode="r")
+    order = np.random.default_rng(2).permutation(len(raw))
+    for batch in np.array_split(order, 16):
+        assert np.array_equal(rows[batch], raw[batch])
+    assert _resident_kb(path) == 0  # read through the page cache, not mapped in
+    for batch in np.array_split(order, 16):
+        plain[batch]  # a memory map keeps what it read resident
+    assert _resident_kb(path) >= raw.nbytes // 1024
+    assert np.array_equal(rows[100:200][np.arange(5)], raw[100:105])  # consecutive: one read
+    assert np.array_equal(rows[100:200][[99, 0]], raw[[199, 100]])
+    with pytest.raises(IndexError):
+        rows[100:200][[100]]  # row 200 of the file is not in rows 100..199
+    np.save(tmp_path / "f.npy", np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="holds float32; a streamed array holds uint8"):
+        NpyFile(tmp_path / "f.npy")
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(raw[:8]))
+    with pytest.raises(ValueError, match="Fortran order"):
+        NpyFile(tmp_path / "fortran.npy")
+    with open(path, "r+b") as f:  # truncated while open: its header still says 4096 rows
+        f.truncate(path.stat().st_size - 1000)
+    with pytest.raises(OSError, match="ended before row 4095: truncated"):
+        rows[[4095]]
 
 
 def test_streaming_is_chosen_above_the_stated_size_and_refused_where_it_cannot_be(tmp_path,
