@@ -18,6 +18,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -515,6 +516,13 @@ def data_fetch(args: argparse.Namespace) -> int:
 def _default_run_dir(config: Config, args: argparse.Namespace) -> Path:
     stem = Path(config.dataset).stem
     when = time.strftime("%Y%m%d-%H%M%S")
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:  # the same in each restart
+        launch = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if launch == "none":
+            raise ValueError("torchrun --max-restarts restarts the group into the run directory "
+                             "it began: give --out, or torchrun --rdzv-id (or --standalone), "
+                             "so that a restarted process finds the run")
+        when = f"torchrun-{launch}"
     model = args.model.rpartition(":")[2] if args.model else args.likelihood or "bernoulli"
     return Path("runs") / f"{when}-{stem}-{model}-{config.elbo}"
 
@@ -597,7 +605,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="on CUDA, deterministic kernels, so that a resumed run ends bit for "
                    "bit where an uninterrupted one does (default: on)")
     t.add_argument("--out",
-                   help="run directory (default: runs/<time>-<dataset>-<likelihood>-<elbo>)")
+                   help="run directory (default: runs/<time>-<dataset>-<likelihood>-<elbo>; "
+                        "under torchrun --max-restarts, torchrun-<run id> for <time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
 

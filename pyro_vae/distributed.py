@@ -23,6 +23,13 @@ Process ``r`` draws its latent noise from seed ``seed + r``; state an estimator 
 across steps is each process's own (a temperature's clock, the same in all; a decaying
 average baseline of ``graph``, each of its own slices). A last
 batch with fewer examples than processes is skipped (it would leave a process without data).
+
+Elastic restarts: under ``torchrun --max-restarts N``, when a process dies the launcher
+stops the others and starts the whole group again, with ``TORCHELASTIC_RESTART_COUNT``
+raised by one and the same ``TORCHELASTIC_RUN_ID``. Each checkpoint records that run id
+(:attr:`World.launch`), so a restarted group finds in its run directory the checkpoint that
+its own launch wrote and resumes from it (:func:`pyro_vae.fit`), exactly as ``--resume``
+would; a run directory that another launch wrote is refused as before.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    launch: str | None = None  # torchrun's run id: the same in every restart of one launch
+    restarts: int = 0  # how many times torchrun has restarted the group (--max-restarts)
 
     @property
     def main(self) -> bool:
@@ -53,14 +62,22 @@ class World:
         """The world torchrun describes in the environment (one process without it); joins
         the process group once."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
+        launch = {"launch": os.environ.get("TORCHELASTIC_RUN_ID"),
+                  "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}
         if size == 1:
-            return cls()
+            return cls(**launch)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device.startswith("cuda"):
             torch.cuda.set_device(local_rank)  # "cuda" is now this process's own device
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        return cls(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
+            # torchrun's store outlives a restart of the group and still holds the last
+            # attempt's addresses, which a restarted process would dial: one prefix per attempt
+            store, rank, size = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"pyro-vae/attempt-{launch['restarts']}", store)
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
+                                    store=store, rank=rank, world_size=size)
+        return cls(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank,
+                   **launch)
 
     def device(self, device: str) -> str:
         """The device this process trains on: ``device`` itself in one process; under

@@ -131,6 +131,8 @@ def fit(
     recorded = {"estimator": describe(elbo),
                 "lr_scheduler": _scheduler_name(lr_scheduler) if lr_scheduler else None}
     world = World.from_env(config.device)
+    if world.restarts and run_dir is not None and not resume:  # torchrun --max-restarts
+        resume = world.on_main(_restarted_here, run_dir, world)
     device = world.device(config.device)  # cuda:LOCAL_RANK for each process under torchrun
     deterministic = device.startswith("cuda") and config.deterministic
     if deterministic:  # before cuBLAS makes its workspace
@@ -175,6 +177,17 @@ def _intact(run_dir: Path | None, e: WriteError, epochs: int) -> str:
     return (f"The checkpoint of {point} in {run_dir} is intact: {e.remedy} and resume "
             f"the run (pyro-vae train --resume {run_dir} --epochs {epochs}, or "
             "fit(..., resume=True))")
+
+
+def _restarted_here(run_dir: Path, world: World) -> bool:
+    """Whether ``run_dir`` holds a checkpoint of this torchrun launch, which torchrun has
+    restarted: the group then resumes it (saying so) instead of refusing a used folder."""
+    if not (run_dir / CHECKPOINT).exists() or load_checkpoint(run_dir).get("launch") != \
+            world.launch:
+        return False
+    print(f"pyro-vae: torchrun restarted the group (restart {world.restarts}): resuming "
+          f"{run_dir} from its last checkpoint", file=sys.stderr, flush=True)
+    return True
 
 
 def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_scheduler,
@@ -285,7 +298,7 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
                 if writes:
                     save_checkpoint(run_dir, _checkpoint(
                         epoch - 1, params, buffers, optimizer, scheduler, epoch_data, rng,
-                        metrics, elbo, inside))
+                        metrics, elbo, world.launch, inside))
                     kept = (f"The checkpoint in {run_dir} is the last good one (epoch {epoch}, "
                             f"step {i} of {steps}).")
             if stop:
@@ -307,7 +320,8 @@ def _train(model, guide, data, config, run_dir, resume, quiet, elbo, make_schedu
         rng = world.gather(_rng_state())  # every process's own stream, for an exact resume
         if writes:  # the checkpoint first: it holds this epoch's metrics too
             save_checkpoint(run_dir, _checkpoint(epoch, params, buffers, optimizer, scheduler,
-                                                 generator.get_state(), rng, metrics, elbo))
+                                                 generator.get_state(), rng, metrics, elbo,
+                                                 world.launch))
             write_metrics(run_dir, metrics)
         if world.main and not quiet:
             print(f"epoch {epoch:3d}/{config.epochs}  train {record['train_loss']:9.3f}  "
@@ -438,17 +452,20 @@ def _rng_state() -> dict:
 
 
 def _checkpoint(epoch, params, buffers, optimizer, scheduler, data_rng: torch.Tensor,
-                rng: list[dict], metrics: list[dict], elbo, position: dict | None = None) -> dict:
+                rng: list[dict], metrics: list[dict], elbo, launch: str | None,
+                position: dict | None = None) -> dict:
     """The state after ``epoch`` finished epochs, and ``position``'s steps of the next one
     where it is given (``step``, ``steps``, and the epoch's ``total`` loss, ``seen``
     examples and ``seconds`` so far); ``data_rng``: the data generator's state at the start
     of the epoch to run next, which draws its order and binarization again; ``rng``: each
     process's random state now, in rank order (one entry in one process); ``metrics``:
     every finished epoch's record, as ``metrics.jsonl`` holds them; the estimator's own
-    state where it has one (``state_dict``: a temperature's clock)."""
+    state where it has one (``state_dict``: a temperature's clock); ``launch``: torchrun's
+    run id, by which a restarted group knows its own checkpoint (None without torchrun)."""
     state = {
         "epoch": epoch,
         "position": position,
+        "launch": launch,
         "metrics": metrics_text(metrics),
         "params": {name: p.detach() for name, p in params.items()},
         "buffers": {name: b.detach() for name, b in buffers.items()},

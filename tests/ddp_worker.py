@@ -2,11 +2,14 @@
 ``python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py ...``.
 
 It trains through the real ``fit``; its optimizer also records, after every step, a hash of
-every parameter, and the gradient of the first step, into RECORDS/rank<r>.pt."""
+every parameter, and the gradient of the first step, into RECORDS/rank<r>.pt. With
+``--die-at STEP``, rank 1 of torchrun's first attempt kills itself (SIGKILL) after that
+step, for torchrun ``--max-restarts`` to restart the group."""
 
 import argparse
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ NETWORK = dict(x_dim=784, z_dim=8, hidden=[32])
 SUBSET = dict(train=2000, test=200)
 
 hashes, first_grads = [], {}
+die_at = None  # the step after which this process kills itself, if any
 
 
 class RecordingAdam(torch.optim.Adam):
@@ -32,6 +36,8 @@ class RecordingAdam(torch.optim.Adam):
         result = super().step(closure)
         flat = torch.cat([p.detach().flatten() for p in params])
         hashes.append(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
+        if len(hashes) == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         return result
 
 
@@ -41,14 +47,19 @@ def main():
     parser.add_argument("--records", type=Path)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--die-at", type=int)
     parser.add_argument("--conditional", action="store_true",
                         help="train the conditional VAE of experiments/extending: a model of "
                         "(x, y), whose labels every process must get with its rows")
     args = parser.parse_args()
+    global die_at
+    if os.environ["RANK"] == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+        die_at = args.die_at
 
     train_module.OPTIMIZERS["adam"] = RecordingAdam
     data = load_dataset("mnist-binary").subset(**SUBSET)
-    config = Config(**CONFIG, epochs=args.epochs)
+    config = Config(**CONFIG, epochs=args.epochs, checkpoint_every=args.checkpoint_every)
     pyro.set_rng_seed(config.seed)
     vae = conditional_vae() if args.conditional else VAE(**NETWORK)
     metrics = fit(vae.model, vae.guide, data, config, args.out, resume=args.resume, quiet=True)

@@ -21,9 +21,9 @@ from pyro_vae.rundir import CHECKPOINT, CONFIG, DATA, LOCK, METRICS, MODEL
 TEST_LOSS_TOLERANCE = 8.0  # nats per example
 
 
-def _torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, processes: int = 2, restarts: int = 0) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={processes}", *args]
+               f"--nproc_per_node={processes}", f"--max-restarts={restarts}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
                           cwd=ROOT)
@@ -120,6 +120,38 @@ def test_a_distributed_run_resumes_exactly(straight, tmp_path):
     strip = lambda ms: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
     assert strip(a["metrics"]) == strip(b["metrics"])  # epoch 3 recomputed after the resume
     assert a["hashes"][-1] == b["hashes"][-1]
+
+
+def test_a_group_that_torchrun_restarts_after_a_rank_dies_ends_as_if_never_stopped(straight,
+                                                                                  tmp_path):
+    """Rank 1 is killed (SIGKILL) after step 27 of 60; torchrun --max-restarts 1 stops rank 0
+    and starts both again, and the group resumes from its own last checkpoint (epoch 2,
+    step 5 of 20, by --checkpoint-every 5) without being told to."""
+    r = _torchrun(WORKER, "--out", str(tmp_path / "run"), "--records", str(tmp_path / "rec"),
+                  "--checkpoint-every", "5", "--die-at", "27", restarts=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torchrun restarted the group (restart 1): resuming" in r.stderr
+    a = torch.load(straight / "records" / "rank0.pt")
+    b = torch.load(tmp_path / "rec" / "rank1.pt")  # the restarted rank 1
+    strip = lambda ms: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
+    assert strip(a["metrics"]) == strip(b["metrics"])
+    assert len(b["hashes"]) == 60 - 25  # from the checkpoint after step 25, not from step 0
+    assert b["hashes"] == a["hashes"][25:]  # every step after it the uninterrupted run's
+
+
+def test_only_a_checkpoint_of_the_same_launch_is_resumed_by_a_restart(tmp_path, capsys):
+    from pyro_vae.distributed import World
+    from pyro_vae.rundir import save_checkpoint
+    from pyro_vae.train import _restarted_here
+
+    restarted = World(launch="job-1", restarts=1)
+    assert not _restarted_here(tmp_path, restarted)  # nothing checkpointed: a fresh start
+    state = {"epoch": 1, "params": {}, "optimizer": {}, "rng": {"torch": [], "data": None}}
+    save_checkpoint(tmp_path, {**state, "launch": "job-0"})  # another launch's run
+    assert not _restarted_here(tmp_path, restarted)  # refused later as a used folder
+    save_checkpoint(tmp_path, {**state, "launch": "job-1"})
+    assert _restarted_here(tmp_path, restarted)
+    assert "restarted the group (restart 1): resuming" in capsys.readouterr().err
 
 
 def test_the_cli_runs_under_torchrun(tmp_path):
