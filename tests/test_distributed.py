@@ -2,6 +2,7 @@
 train exactly as one process would on the same global batches."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -170,6 +171,31 @@ def test_the_cli_runs_under_torchrun(tmp_path):
                         "--quiet", processes=1)
     assert resumed.returncode == 1 and "trained by 2 process(es)" in resumed.stderr
     assert len((run / METRICS).read_text().splitlines()) == 1  # nothing lost or overwritten
+
+
+def test_two_nodes_with_a_rendezvous_on_127_0_0_1_train_one_run(tmp_path):
+    """Two torchrun launches, --nnodes 2 and --node-rank 0 and 1, one process each, as two
+    machines would run them (here both on this one), meeting at 127.0.0.1."""
+    images = lambda n: (np.random.default_rng(n).random((n, 8, 8)) < 0.3).astype(np.uint8) * 255  # noqa: E731
+    np.savez(tmp_path / "tiny.npz", x=images(200), x_test=images(50))
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
+         "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+         "-m", "pyro_vae.cli", "train", "--dataset", str(tmp_path / "tiny.npz"), "--z-dim", "4",
+         "--hidden", "16", "--batch-size", "50", "--epochs", "2", "--quiet", "--out", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (out, err) in zip(nodes, outs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    assert outs[0][0].count("run directory:") == 1 and "(2 processes)" in outs[0][0]
+    assert "run directory:" not in outs[1][0]  # node 1 writes and prints nothing of its own
+    assert len((run / METRICS).read_text().splitlines()) == 2
+    assert len(torch.load(run / CHECKPOINT)["rng"]["torch"]) == 2  # both processes' streams
 
 
 def test_every_estimator_gives_under_two_processes_the_gradient_of_one(tmp_path):
