@@ -4,13 +4,14 @@
 It trains through the real ``fit``; its optimizer also records, after every step, a hash of
 every parameter, and the gradient of the first step, into RECORDS/rank<r>.pt. With
 ``--die-at STEP``, rank 1 of torchrun's first attempt kills itself (SIGKILL) after that
-step, for torchrun ``--max-restarts`` to restart the group."""
+step, for torchrun ``--max-restarts`` to restart the group. With ``--preempt-at STEP``,
+rank 0 sends SIGTERM to torchrun itself after that step, as a cluster preempting the job
+would: torchrun passes it on to every process."""
 
 import argparse
 import hashlib
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pyro
@@ -26,6 +27,7 @@ SUBSET = dict(train=2000, test=200)
 
 hashes, first_grads = [], {}
 die_at = None  # the step after which this process kills itself, if any
+preempt_at = None  # the step after which this process sends SIGTERM to torchrun, if any
 
 
 class RecordingAdam(torch.optim.Adam):
@@ -38,6 +40,8 @@ class RecordingAdam(torch.optim.Adam):
         hashes.append(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
         if len(hashes) == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if len(hashes) == preempt_at:
+            os.kill(os.getppid(), signal.SIGTERM)  # the parent: torchrun's agent
         return result
 
 
@@ -49,31 +53,24 @@ def main():
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--die-at", type=int)
-    parser.add_argument("--conditional", action="store_true",
-                        help="train the conditional VAE of experiments/extending: a model of "
-                        "(x, y), whose labels every process must get with its rows")
+    parser.add_argument("--preempt-at", type=int)
     args = parser.parse_args()
-    global die_at
+    global die_at, preempt_at
     if os.environ["RANK"] == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
         die_at = args.die_at
+    if os.environ["RANK"] == "0":
+        preempt_at = args.preempt_at
 
     train_module.OPTIMIZERS["adam"] = RecordingAdam
     data = load_dataset("mnist-binary").subset(**SUBSET)
     config = Config(**CONFIG, epochs=args.epochs, checkpoint_every=args.checkpoint_every)
     pyro.set_rng_seed(config.seed)
-    vae = conditional_vae() if args.conditional else VAE(**NETWORK)
+    vae = VAE(**NETWORK)
     metrics = fit(vae.model, vae.guide, data, config, args.out, resume=args.resume, quiet=True)
     if args.records:
         args.records.mkdir(parents=True, exist_ok=True)
         torch.save(dict(hashes=hashes, first_grads=first_grads, metrics=metrics),
                    args.records / f"rank{os.environ['RANK']}.pt")
-
-
-def conditional_vae():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "extending"))
-    from conditional import ConditionalVAE
-
-    return ConditionalVAE(**NETWORK)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Data-parallel training: two CPU processes (gloo), launched by PyTorch's own launcher,
 train exactly as one process would on the same global batches."""
 
+import json
 import os
 import socket
 import subprocess
@@ -10,10 +11,12 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from runs import run_state, same
 from scripts import ROOT, load_script
 
 from pyro_vae import ESTIMATORS, VAE, Config, fit, make_elbo
-from pyro_vae.rundir import CHECKPOINT, CONFIG, DATA, LOCK, METRICS, MODEL
+from pyro_vae.cli import main
+from pyro_vae.rundir import CHECKPOINT, CONFIG, DATA, LOCK, METRICS, MODEL, load_checkpoint
 
 # The stated tolerance: two processes draw the latent noise of each batch's halves from
 # seeds 7 and 8, one process all of it from seed 7, so the two runs differ by their noise
@@ -22,9 +25,10 @@ from pyro_vae.rundir import CHECKPOINT, CONFIG, DATA, LOCK, METRICS, MODEL
 TEST_LOSS_TOLERANCE = 8.0  # nats per example
 
 
-def _torchrun(*args: str, processes: int = 2, restarts: int = 0) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, restarts: int = 0) -> subprocess.CompletedProcess:
+    """Two processes of ``args`` launched by torchrun on this machine."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={processes}", f"--max-restarts={restarts}", *args]
+               "--nproc_per_node=2", f"--max-restarts={restarts}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
                           cwd=ROOT)
@@ -85,42 +89,27 @@ def test_two_processes_train_as_one(mnist_binary, straight, tmp_path):
     assert together[-1]["test_loss"] < together[0]["test_loss"] - 5  # and it did train
 
 
-@pytest.mark.usefixtures("mnist_binary")
-def test_labels_reach_every_process_with_their_rows(tmp_path):
-    r = _torchrun(WORKER, "--conditional", "--epochs", "1", "--out", str(tmp_path / "run"),
-                  "--records", str(tmp_path / "records"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    records = [torch.load(tmp_path / "records" / f"rank{i}.pt") for i in range(2)]
-    assert records[0]["hashes"] == records[1]["hashes"]
-    # the first step's averaged gradient is the global batch's, each half with its labels
-    settings = load_script(ROOT / "tests" / "ddp_worker.py")
-    data = settings.load_dataset("mnist-binary").subset(**settings.SUBSET)
-    config = Config(**settings.CONFIG, epochs=1)
-    pyro.set_rng_seed(config.seed)
-    vae = settings.conditional_vae()
-    x, y = next(data.batches("train", config.batch_size,
-                             torch.Generator().manual_seed(config.seed), labels=True))
-    loss = 0.0
-    for rank, (xs, ys) in enumerate(zip(x.tensor_split(2), y.tensor_split(2), strict=True)):
-        pyro.set_rng_seed(config.seed + rank)
-        loss = loss + make_elbo("meanfield").differentiable_loss(vae.model, vae.guide, xs, ys)
-    loss.backward()
-    params = dict(sorted(pyro.get_param_store().named_parameters()))
-    for i, p in enumerate(params.values()):
-        assert torch.allclose(records[0]["first_grads"][i], p.grad, rtol=1e-4, atol=1e-4), i
-
-
-def test_a_distributed_run_resumes_exactly(straight, tmp_path):
-    first = _torchrun(WORKER, "--out", str(tmp_path / "b"), "--epochs", "2")
-    resumed = _torchrun(WORKER, "--out", str(tmp_path / "b"), "--resume",
-                        "--records", str(tmp_path / "rb"))
-    for r in (first, resumed):
-        assert r.returncode == 0, r.stderr[-3000:]
+def test_a_group_preempted_by_sigterm_checkpoints_inside_the_epoch_and_resumes_exactly(
+        straight, tmp_path):
+    """SIGTERM to torchrun after step 27 of 60, as a cluster preempting the job sends it:
+    torchrun passes it on, both processes stop after the same step, the main process
+    checkpoints inside epoch 2 and says how to resume; a second launch with --resume ends
+    as the uninterrupted run, every later step's parameters included."""
+    run = tmp_path / "run"
+    stopped = _torchrun(WORKER, "--out", str(run), "--preempt-at", "27")
+    assert stopped.returncode != 0
+    assert "SIGTERM: stopped after step" in stopped.stderr, stopped.stderr[-3000:]
+    assert "of epoch 2/3" in stopped.stderr and f"--resume {run}" in stopped.stderr
+    state = load_checkpoint(run)
+    step = 20 * state["epoch"] + state["position"]["step"]  # 20 steps an epoch
+    assert state["epoch"] == 1 and 27 <= step < 40  # inside epoch 2, at or after step 27
+    resumed = _torchrun(WORKER, "--out", str(run), "--resume", "--records", str(tmp_path / "r"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(straight / "records" / "rank0.pt")
-    b = torch.load(tmp_path / "rb" / "rank1.pt")
+    b = torch.load(tmp_path / "r" / "rank1.pt")
     strip = lambda ms: [(m["epoch"], m["train_loss"], m["test_loss"]) for m in ms]  # noqa: E731
-    assert strip(a["metrics"]) == strip(b["metrics"])  # epoch 3 recomputed after the resume
-    assert a["hashes"][-1] == b["hashes"][-1]
+    assert strip(a["metrics"]) == strip(b["metrics"])
+    assert b["hashes"] == a["hashes"][step:]  # every step after the checkpoint's
 
 
 def test_a_group_that_torchrun_restarts_after_a_rank_dies_ends_as_if_never_stopped(straight,
@@ -155,7 +144,7 @@ def test_only_a_checkpoint_of_the_same_launch_is_resumed_by_a_restart(tmp_path, 
     assert "restarted the group (restart 1): resuming" in capsys.readouterr().err
 
 
-def test_the_cli_runs_under_torchrun(tmp_path):
+def test_the_cli_runs_under_torchrun(tmp_path, capsys):
     """A per-point estimator, captured as in one process (the worker's runs are meanfield),
     on 200 + 50 random binary 8x8 images of a .npz file."""
     images = lambda n: (np.random.default_rng(n).random((n, 8, 8)) < 0.3).astype(np.uint8) * 255  # noqa: E731
@@ -167,9 +156,8 @@ def test_the_cli_runs_under_torchrun(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("run directory:") == 1 and "(2 processes)" in r.stdout
     assert len((run / METRICS).read_text().splitlines()) == 1
-    resumed = _torchrun("-m", "pyro_vae.cli", "train", "--resume", str(run), "--epochs", "2",
-                        "--quiet", processes=1)
-    assert resumed.returncode == 1 and "trained by 2 process(es)" in resumed.stderr
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 1  # 1 process
+    assert "trained by 2 process(es)" in capsys.readouterr().err
     assert len((run / METRICS).read_text().splitlines()) == 1  # nothing lost or overwritten
 
 
@@ -190,7 +178,7 @@ def test_two_nodes_with_a_rendezvous_on_127_0_0_1_train_one_run(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
     outs = [node.communicate(timeout=300) for node in nodes]
-    for node, (out, err) in zip(nodes, outs, strict=True):
+    for node, (_, err) in zip(nodes, outs, strict=True):
         assert node.returncode == 0, err[-3000:]
     assert outs[0][0].count("run directory:") == 1 and "(2 processes)" in outs[0][0]
     assert "run directory:" not in outs[1][0]  # node 1 writes and prints nothing of its own
@@ -198,27 +186,49 @@ def test_two_nodes_with_a_rendezvous_on_127_0_0_1_train_one_run(tmp_path):
     assert len(torch.load(run / CHECKPOINT)["rng"]["torch"]) == 2  # both processes' streams
 
 
-def test_every_estimator_gives_under_two_processes_the_gradient_of_one(tmp_path):
+@pytest.fixture(scope="module")
+def estimators(tmp_path_factory):
+    """One launch of tests/ddp_estimators.py: every estimator's first step, and its runs."""
+    folder = tmp_path_factory.mktemp("estimators")
+    r = _torchrun(str(ROOT / "tests" / "ddp_estimators.py"), str(folder))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return folder
+
+
+def test_every_estimator_gives_under_two_processes_the_gradient_of_one(estimators):
     """The first step of each estimator, split over two processes (each half of the
     global batch drawn from its process's seed), is the step one process takes on the
-    whole batch from the same draws: the same loss, the same gradient on every parameter."""
-    r = _torchrun(str(ROOT / "tests" / "ddp_gradients.py"), str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
-    worker = load_script(ROOT / "tests" / "ddp_gradients.py")
-    records = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
-    assert sorted(records[0]) == sorted(ESTIMATORS)  # every estimator, none left out
-    x = worker.batch()
-    for name, network, particles in worker.CASES:
+    whole batch from the same draws: the same loss, the same gradient on every parameter.
+    The labelled case checks that each process gets its rows' labels."""
+    worker = load_script(ROOT / "tests" / "ddp_estimators.py")
+    records = [torch.load(estimators / "gradients" / f"rank{i}.pt") for i in range(2)]
+    assert sorted(records[0]) == sorted([*ESTIMATORS, worker.LABELLED])  # none left out
+    for case, name, network, particles in worker.CASES:
         pyro.clear_param_store()
         pyro.set_rng_seed(worker.SEED)
-        vae, elbo, loss = VAE(**network), worker.estimator(name, particles, jit=False), 0.0
-        params = worker.first_use(elbo, vae)
-        for rank, half in enumerate(x.tensor_split(2)):
+        vae, elbo, loss = worker.vae(case, network), worker.estimator(name, particles, False), 0
+        params = worker.first_use(case, elbo, vae)
+        halves = zip(*(a.tensor_split(2) for a in worker.batch(case)), strict=True)
+        for rank, half in enumerate(halves):  # (x,) or (x, y) of each process
             pyro.set_rng_seed(worker.SEED + rank)
-            loss += elbo.loss_and_grads(vae.model, vae.guide, half)  # gradients add up
+            loss += elbo.loss_and_grads(vae.model, vae.guide, *half)  # gradients add up
         for rank in (0, 1):
-            got = records[rank][name]
-            assert got["loss"] == pytest.approx(loss, rel=1e-5), (name, rank)
+            got = records[rank][case]
+            assert got["loss"] == pytest.approx(loss, rel=1e-5), (case, rank)
             for k, p in params.items():  # a parameter the step does not reach: a zero
                 want = torch.zeros_like(p) if p.grad is None else p.grad
-                assert torch.allclose(got["grads"][k], want, rtol=1e-4, atol=1e-5), (name, k)
+                assert torch.allclose(got["grads"][k], want, rtol=1e-4, atol=1e-5), (case, k)
+
+
+def test_every_estimator_resumes_a_two_process_run_exactly(estimators):
+    """Each estimator trains 2 epochs under two processes straight, and 1 epoch then
+    resumed to 2: the same metrics and parameters, and both processes on the same
+    parameters after every run."""
+    worker = load_script(ROOT / "tests" / "ddp_estimators.py")
+    for case, *_ in worker.CASES:
+        straight = run_state(estimators / case / "straight")
+        assert straight[0] == 2 and len(straight[2]) == 2, case
+        assert same(straight, run_state(estimators / case / "resumed")), case
+        hashes = [json.loads((estimators / case / f"rank{i}.json").read_text()) for i in (0, 1)]
+        assert hashes[0] == hashes[1], case
+        assert hashes[0]["straight, 2 epoch(s)"] == hashes[0]["resumed, 2 epoch(s)"], case
