@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test docs tutorials bench lint clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys" 2>/dev/null || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
@@ -24,6 +24,24 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,docs]"
+	@touch $(DOCS_STAMP)
+
+# The site, warnings as errors. It renders the tutorials' committed notebooks as they are.
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs built: docs/_build/html/index.html"
+
+# Executes each tutorial's script at its full size into its notebook, outputs and figures
+# included (minutes each, one at a time); the notebooks are committed. The test suite runs
+# the scripts at their quick size (PYRO_VAE_QUICK=1).
+tutorials: $(DOCS_STAMP)
+	cd docs/tutorials && for t in *.py; do \
+		../../$(BIN)/jupytext --to ipynb --execute $$t || exit 1; done
 
 # Every benchmark runs; then make fails if any row with a target missed it (--check).
 # The targeted rows time fit's compiled engine (--compile); the untargeted ones its captured
@@ -44,7 +62,7 @@ bench: $(STAMP)
 	exit $$status
 
 lint: $(STAMP)
-	$(BIN)/ruff check pyro_vae tests
+	$(BIN)/ruff check pyro_vae tests benchmarks experiments docs
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) runs docs/_build .pytest_cache .ruff_cache *.egg-info

@@ -44,7 +44,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
 from pyro.ops.integrator import velocity_verlet
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .evaluate import latent_dims
 from .memory import reuse_freed_memory

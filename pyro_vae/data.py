@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .streaming import FOLDER_WORKERS, ImageFiles, NpyFile, Rows
 

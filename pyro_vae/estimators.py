@@ -3,7 +3,7 @@ r"""ELBO estimators by name, as configured ``pyro.infer`` objects.
 Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` and
 ``loss_and_grads``, the *negative* bound summed over the data plate (nats).
 
-=================  ==========================================================================
+================== ==============================================================================
 ``trace``          ``Trace_ELBO``: Monte Carlo ELBO; the KL term is estimated by sampling
                    (Kingma & Welling, 2014; Ranganath et al., 2014).
 ``meanfield``      ``TraceMeanField_ELBO``: the KL term in closed form where one is known
@@ -38,7 +38,7 @@ Every estimator bounds :math:`\log p(x)` from below and returns, from ``loss`` a
                    data point (Wang, Liu & Liu, 2018); reports the ELBO of its particles.
 ``semi-amortized`` the ELBO at q refined ``refine_steps`` steps per example, the encoder's
                    gradient through the steps (Kim et al., 2018; :mod:`pyro_vae.semi_amortized`).
-=================  ==========================================================================
+================== ==============================================================================
 """
 
 from __future__ import annotations
@@ -143,7 +143,18 @@ def make_elbo(
     ``ValueError`` saying why. Vectorizing a single particle is a no-op. ``refine_steps``
     is K of ``semi-amortized`` (default 5). ``jit``: stepped by its captured graph
     (:class:`pyro_vae.engine.Captured`; an estimator that cannot be captured says why and
-    steps eagerly), through ``torch.compile`` with ``compile``."""
+    steps eagerly), through ``torch.compile`` with ``compile``.
+
+    Example:
+
+    >>> from pyro_vae import make_elbo
+    >>> type(make_elbo("iwae", num_particles=5)).__name__
+    'ImportanceWeightedELBO'
+    >>> make_elbo("iwea")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown estimator 'iwea'; choose from: trace, meanfield, graph, enum, iwae, ...
+    """
     if compile and not jit:
         raise ValueError("compile=True compiles the captured step: it needs jit=True")
     if name not in ESTIMATORS:

@@ -25,7 +25,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import Dataset, as_arguments
 from .estimators import make_elbo, mean_loss
@@ -126,6 +126,19 @@ def log_likelihood(
     random stream of its own, seeded by ``(seed, i)``,
     so the result does not depend on the chunking, which keeps the decoder's work on about
     ``memory_mb`` megabytes at a time. The caller's random state is left as it was.
+
+    Example (an untrained VAE: log p(x) of a binary row is at most 0, and IS-K sits above
+    the ELBO):
+
+    >>> import torch
+    >>> from pyro_vae import VAE, log_likelihood
+    >>> vae = VAE(x_dim=4, z_dim=2, hidden=[8])
+    >>> x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    >>> ll = log_likelihood(vae.model, vae.guide, x, num_samples=1000)
+    >>> ll.shape
+    torch.Size([2])
+    >>> bool(torch.all(ll < 0))
+    True
     """
     reuse_freed_memory()  # chunks of megabytes would otherwise page-fault afresh
     n, k = x.shape[0], num_samples

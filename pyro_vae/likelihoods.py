@@ -258,8 +258,19 @@ def likelihood_name(likelihood: Likelihood) -> str | None:
 
 
 def get_likelihood(name: str, **options) -> Likelihood:
-    """The likelihood registered as ``name``, built with ``options`` (``sigma`` of
-    gaussian-fixed, ``min_scale`` of gaussian)."""
+    r"""The likelihood registered as ``name``, built with ``options`` (``sigma`` of
+    gaussian-fixed, ``min_scale`` of gaussian).
+
+    Example: ``gaussian-fixed`` is :math:`\mathcal{N}(x; \mu, I)`, every constant kept, so
+    at :math:`x = \mu` in D = 3 dimensions its log-density is
+    :math:`-\tfrac{3}{2}\log 2\pi`:
+
+    >>> import torch
+    >>> from pyro_vae import get_likelihood
+    >>> likelihood = get_likelihood("gaussian-fixed")
+    >>> likelihood(torch.zeros(1, 3)).log_prob(torch.zeros(1, 3))
+    tensor([-2.7568])
+    """
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; choose from: {', '.join(LIKELIHOODS)}")
     try:

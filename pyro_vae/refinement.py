@@ -51,7 +51,7 @@ import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .evaluate import _arguments, latent_site
 from .traces import data_plate, draw_latents, log_joint, plate_nesting

@@ -31,7 +31,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO
 from torch.optim.lr_scheduler import LRScheduler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .checks import ParamsSeen, check_labels, check_support
 from .config import OPTIMIZERS, RESUMABLE, Config
@@ -106,6 +106,20 @@ def fit(
 
     Launched by torchrun, every process runs ``fit`` on its share of each batch
     (:mod:`pyro_vae.distributed`); only the main process reads and writes ``run_dir``.
+
+    Example (in memory, on 64 random binary rows of 4 pixels):
+
+    >>> import pyro, torch
+    >>> from pyro_vae import VAE, Config, Dataset, fit
+    >>> pyro.set_rng_seed(0)
+    >>> x = torch.rand(64, 4).round()
+    >>> data = Dataset("toy", x_train=x[:48], x_test=x[48:])
+    >>> vae = VAE(x_dim=4, z_dim=2, hidden=[8])
+    >>> metrics = fit(vae.model, vae.guide, data, Config(epochs=2, batch_size=16), quiet=True)
+    >>> [m["epoch"] for m in metrics]
+    [1, 2]
+    >>> metrics[-1]["test_loss"] > 0  # nats per example: -log p of binary data is positive
+    True
     """
     run_dir = None if run_dir is None else Path(run_dir)
     if resume and run_dir is None:
