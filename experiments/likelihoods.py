@@ -80,7 +80,7 @@ def train_one(name: str, data, epochs: int, seed: int, out: Path) -> dict:
     run_dir = out / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # this study's own output from an earlier run
     pyro.set_rng_seed(seed)
-    with warnings.catch_warnings():  # the README explains the Bernoulli and Gaussian warnings
+    with warnings.catch_warnings():  # docs/guide/likelihoods.md explains these warnings
         warnings.simplefilter("ignore", UserWarning)
         vae = VAE(x_dim=data.x_dim, z_dim=20, hidden=[400], activation="relu", likelihood=name)
         start, error = time.perf_counter(), ""

@@ -1,11 +1,16 @@
-"""README.md's Python example runs as written and does what its comments say."""
+"""README.md's examples run as written and print what it says they print."""
 
+import json
 import re
+import shlex
 from pathlib import Path
 
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from pyro_vae.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys, mnist_binary):
@@ -21,8 +26,42 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys, mnist_binary)
     assert (tmp_path / "runs/readme-example/checkpoint.pt").is_file()
 
 
-def test_readme_shows_the_real_model_and_guide():
-    model_py = (README.parent / "pyro_vae" / "model.py").read_text()
-    block = re.search(r"```python\n(def model\(.*?)```", README.read_text(), re.S).group(1)
+def test_readme_command_line_example_runs_and_prints_its_numbers(tmp_path, monkeypatch,
+                                                                mnist_binary):
+    """The three commands, as written, in this process; the ELBO and IS-100 numbers the README
+    quotes are the ones they give (to within the run-to-run spread of float sums on another
+    CPU), and the two figures it shows are among those written."""
+    text = README.read_text()
+    block = re.search(r"## On the command line\n\n```sh\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    for line in block.replace("\\\n", " ").strip().splitlines():
+        argv = shlex.split(line, comments=True)
+        assert argv[0] == "pyro-vae"
+        assert main(argv[1:]) == 0, line
+    evaluation = json.loads((tmp_path / "runs/first/evaluation.json").read_text())
+    elbo, ll = (float(v) for v in re.search(
+        r"`ELBO (-[\d.]+)`\nand `IS-100 log-likelihood (-[\d.]+) \+- ", text).groups())
+    assert abs(evaluation["elbo"] - elbo) < 1.0
+    assert abs(evaluation["log_likelihood"] - ll) < 1.0
+    for shown in re.findall(r'<img src="docs/_static/cli-(\w+)\.png"', text):
+        assert (tmp_path / f"runs/first/figures/latent_{shown}.png").is_file()
+        assert (ROOT / f"docs/_static/cli-{shown}.png").is_file()
+
+
+def test_the_guide_shows_the_real_model_and_guide():
+    model_py = (ROOT / "pyro_vae" / "model.py").read_text()
+    page = (ROOT / "docs" / "guide" / "python.md").read_text()
+    block = re.search(r"```python\n(def model\(.*?)```", page, re.S).group(1)
     indented = "".join("    " + line if line.strip() else line for line in block.splitlines(True))
     assert indented in model_py
+
+
+def test_every_link_of_the_readme_and_the_guide_points_at_a_file_that_exists():
+    pages = [README, *sorted((ROOT / "docs").glob("**/*.md"))]
+    for page in pages:
+        if "_build" in page.parts:
+            continue
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)}: {target}"

@@ -1,5 +1,5 @@
-"""Writes the two small datasets of the README's "your own data" commands (committed, so
-the commands run as written; run this again to remake them, seed 0):
+"""Writes the two small datasets of the "your own data" commands in docs/guide/data.md
+(committed, so the commands run as written; run this again to remake them, seed 0):
 
 - ``docs/examples/shapes/``: 150 colour PNGs of 24 x 32 pixels (height x width) in three
   class folders, ``circle``, ``square`` and ``cross``: one shape of a random colour, size
