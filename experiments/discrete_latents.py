@@ -1,7 +1,7 @@
 """Discrete latents: categorical and binary codes, and a mixture that enumeration sums out,
 each trained by every estimator that fits it, over several seeds at an equal budget.
 
-    .venv/bin/python experiments/discrete_latents.py            # 3 cases x 4 estimators x 3 seeds, 5 epochs, 64 min
+    .venv/bin/python experiments/discrete_latents.py  # 3 cases x 4 estimators x 3 seeds: 64 min
     .venv/bin/python experiments/discrete_latents.py --cases categorical --epochs 30
     .venv/bin/python experiments/discrete_latents.py --quick    # seconds (tests)
 

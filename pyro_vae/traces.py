@@ -95,10 +95,10 @@ def data_plate(model: Callable, guide: Callable, *args, **kwargs) -> str:
     if len(follow) != 1:
         shown = {name: sorted(x for x in s if x is not None) for name, s in whole.items()}
         raise ValueError(
-            f"cannot tell the plate over the data: {len(follow)} plates {sorted(follow)} have "
-            f"the batch's size {n} (plates: {shown or 'none'}); a per-data-point bound needs "
-            "every sample site inside one pyro.plate(name, x.shape[0]) (pass plate=NAME where "
-            "several plates have that size)")
+            f"cannot tell the plate over the data: {len(follow)} plates {sorted(follow)} follow "
+            f"the batch's size (traced on {n} rows; plates: {shown or 'none'}); a per-data-point "
+            "bound needs every sample site inside one pyro.plate(name, x.shape[0]) (pass "
+            "plate=NAME where several plates have that size)")
     return follow.pop()
 
 
