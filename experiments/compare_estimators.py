@@ -505,7 +505,7 @@ def main() -> None:
     logging.getLogger("pyro").setLevel(logging.WARNING)
     data = load_dataset("mnist-binary")
     if args.quick:
-        data = data.subset(train=1000, test=200)
+        data = data.subset(train=400, test=100)
         args.epochs, args.is_samples, args.is_examples = 2, 20, 100
         args.curve_samples, args.curve_examples, args.snr_draws = 10, 50, 5
         args.seeds = args.seeds[:2] if args.seeds != SEEDS else [0, 1]

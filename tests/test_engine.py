@@ -130,13 +130,15 @@ def test_what_it_cannot_capture_steps_eagerly_and_says_why(vae_and_x):
                     reason="torch.compile's CPU kernels need a C++ compiler")
 def test_a_compiled_step_draws_what_pyro_draws(vae_and_x):
     """torch.compile of the captured graph: the same random draws (torch's generator, not
-    inductor's), the same losses; gradients equal to float rounding."""
+    inductor's), the same losses; gradients equal to float rounding. On `meanfield`, whose
+    graph inductor compiles in 16 s from a cold cache, against 26 s for `iwae` k = 2
+    (`make bench` times and checks the compiled `iwae` rows)."""
     vae, x = vae_and_x
     model, guide = vae.model, vae.guide
-    make_elbo("iwae", 2).loss(model, guide, x)
+    make_elbo("meanfield").loss(model, guide, x)
     initial = {n: p.detach().clone() for n, p in pyro.get_param_store().named_parameters()}
-    eager, eager_rng = _steps(make_elbo("iwae", 2), model, guide, (x, x, x), initial)
-    compiled = make_elbo("iwae", 2, jit=True, compile=True)
+    eager, eager_rng = _steps(make_elbo("meanfield"), model, guide, (x, x, x), initial)
+    compiled = make_elbo("meanfield", jit=True, compile=True)
     assert compiled.warmup == 0
     ours, our_rng = _steps(compiled, model, guide, (x, x, x), initial)
     assert compiled.eager_reason is None
