@@ -62,6 +62,18 @@ class VAE(nn.Module):
     (``groups`` one-hot codes of ``classes`` classes) or ``"bernoulli"`` (``z_dim`` binary
     units); a discrete guide's encoder emits logits, and the guide carries the baseline
     network that ``graph`` uses (MLP networks only).
+
+    Example:
+
+    >>> import pyro.poutine as poutine
+    >>> import torch
+    >>> from pyro_vae import VAE
+    >>> vae = VAE(x_dim=784, z_dim=2, hidden=[400])
+    >>> vae.sample(3).shape  # decoder means of z ~ N(0, I)
+    torch.Size([3, 784])
+    >>> trace = poutine.trace(vae.model).get_trace(torch.zeros(5, 784))
+    >>> [name for name, site in trace.nodes.items() if site["type"] == "sample"]
+    ['data', 'z', 'x']
     """
 
     def __init__(

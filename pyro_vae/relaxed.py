@@ -56,7 +56,15 @@ class Temperature:
     r""":math:`\tau_t = \max(\tau_{\min}, \tau_0 \exp(-r \cdot t_N))`, :math:`t_N` the step
     count rounded down to a multiple of ``every``. The defaults are of Jang et al. (2017),
     sec. 4.2 (r from their grid {1e-5, 1e-4}; N from {500, 1000}), and of the authors'
-    categorical-VAE notebook (:math:`\tau_0 = 1`, floor 0.5)."""
+    categorical-VAE notebook (:math:`\tau_0 = 1`, floor 0.5).
+
+    Example: the default schedule holds for 500 steps, then decays to its floor.
+
+    >>> from pyro_vae import Temperature
+    >>> tau = Temperature(start=1.0, rate=1e-4, floor=0.5, every=500)
+    >>> [round(tau.at(step), 4) for step in (0, 499, 500, 10_000)]
+    [1.0, 1.0, 0.9512, 0.5]
+    """
 
     start: float = 1.0
     rate: float = 1e-4

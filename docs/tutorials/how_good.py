@@ -118,9 +118,12 @@ def mean_se(t):
 # ## Rung 1: the ELBO
 #
 # $$
-# \mathcal{L}[q](x) = \mathbb{E}_{q_\phi(z \mid x)}\big[\log p_\theta(x, z) - \log
-# q_\phi(z \mid x)\big] = \log p_\theta(x) - \mathrm{KL}\big(q_\phi(z \mid x) \,\|\,
-# p_\theta(z \mid x)\big) \le \log p_\theta(x).
+# \begin{aligned}
+# \mathcal{L}[q](x) &= \mathbb{E}_{q_\phi(z \mid x)}\big[\log p_\theta(x, z) - \log
+# q_\phi(z \mid x)\big] \\
+# &= \log p_\theta(x) - \mathrm{KL}\big(q_\phi(z \mid x) \,\|\,
+# p_\theta(z \mid x)\big) \;\le\; \log p_\theta(x).
+# \end{aligned}
 # $$
 #
 # The gap is exactly the KL divergence from the encoder's $q$ to the true posterior.

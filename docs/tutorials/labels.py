@@ -87,9 +87,13 @@ def tile(images: torch.Tensor, rows: int):
 #
 # The conditional VAE gives the label to the decoder and to the encoder:
 #
-# $$z \sim \mathcal{N}(0, I), \qquad x \sim \mathrm{Bernoulli}\big(\mathrm{decoder}([z,
-# \mathrm{onehot}(y)])\big), \qquad q(z \mid x, y) = \mathcal{N}\big(\mathrm{encoder}([x,
-# \mathrm{onehot}(y)])\big),$$
+# $$
+# \begin{aligned}
+# z &\sim \mathcal{N}(0, I), \qquad x \sim \mathrm{Bernoulli}\big(\mathrm{decoder}([z,
+# \mathrm{onehot}(y)])\big), \\
+# q(z \mid x, y) &= \mathcal{N}\big(\mathrm{encoder}([x, \mathrm{onehot}(y)])\big),
+# \end{aligned}
+# $$
 #
 # and its ELBO bounds $\log p(x \mid y)$, not $\log p(x)$:
 #
