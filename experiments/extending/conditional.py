@@ -28,7 +28,6 @@ Writes results/extending/conditional/: README.md, metrics.csv, samples.png.
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from common import NETWORK, arguments, build, config, load, measure, train, write
 
 from pyro_vae import VAE
@@ -76,7 +75,10 @@ class ConditionalVAE(VAE):
 
 
 def one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.one_hot(y, CLASSES).to(like.dtype)
+    """The labels' one-hot codes in ``like``'s dtype, by comparison: ``F.one_hot`` reads the
+    labels' values to check their range, which would keep the engine from capturing the
+    step (pyro_vae.engine), and fit has checked them against the classes already."""
+    return (y.unsqueeze(-1) == torch.arange(CLASSES, device=y.device)).to(like.dtype)
 
 
 def main():
