@@ -478,7 +478,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--is-examples", type=int, default=1000,
                         help="test images for the IS log-likelihood (default: the first 1000)")
     parser.add_argument("--quick", action="store_true",
-                        help="1,000 images, 2 epochs, 2 seeds, small IS and SNR budgets (tests)")
+                        help="400 training and 100 test images, 2 epochs, 2 seeds, small IS "
+                        "and SNR budgets (tests)")
     parser.add_argument("--out", type=Path, help="default: results/estimators/, or "
                         "runs/quick/estimators/ with --quick")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

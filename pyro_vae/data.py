@@ -94,7 +94,17 @@ class Dataset:
     ``source`` says how :func:`load_dataset` made it (its name and loader options), so that
     a run directory can load the same data again; :meth:`record` adds row counts and a
     fingerprint of the contents, which the reloaded data must match. A dataset built in
-    Python has no source: a run on it is evaluated from Python, with the same object."""
+    Python has no source: a run on it is evaluated from Python, with the same object.
+
+    Example (data of your own, as tensors):
+
+    >>> import torch
+    >>> from pyro_vae import Dataset
+    >>> x = torch.rand(64, 4).round()
+    >>> data = Dataset("toy", x_train=x[:48], x_test=x[48:])
+    >>> data.x_dim, data.subset(train=10).x_train.shape
+    (4, torch.Size([10, 4]))
+    """
 
     name: str
     x_train: torch.Tensor

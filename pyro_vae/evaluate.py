@@ -64,7 +64,18 @@ def elbo(
     of ``(x, y)`` is given each batch's labels, or with ``hide_labels`` the label ``-1``
     (unknown) for every example: the bound on log p(x) of a semi-supervised model, whose y is
     then a latent variable. The latent draws come from ``seed``; the caller's random state
-    is left as it was."""
+    is left as it was.
+
+    Example (the ELBO of binary data is a log-probability's lower bound, so below 0):
+
+    >>> import torch
+    >>> from pyro_vae import VAE, Dataset, elbo
+    >>> x = torch.rand(64, 4).round()
+    >>> data = Dataset("toy", x_train=x[:48], x_test=x[48:])
+    >>> vae = VAE(x_dim=4, z_dim=2, hidden=[8])
+    >>> elbo(vae.model, vae.guide, data) < 0
+    True
+    """
     labelled = takes_labels(model, guide)
     first = next(as_arguments(data.eval_batches(split, 1, labels=labelled), labelled))
     if labelled and hide_labels:
@@ -127,8 +138,7 @@ def log_likelihood(
     so the result does not depend on the chunking, which keeps the decoder's work on about
     ``memory_mb`` megabytes at a time. The caller's random state is left as it was.
 
-    Example (an untrained VAE: log p(x) of a binary row is at most 0, and IS-K sits above
-    the ELBO):
+    Example (an untrained VAE: log p(x) of a binary row is at most 0):
 
     >>> import torch
     >>> from pyro_vae import VAE, log_likelihood

@@ -58,6 +58,14 @@ class Encoder(nn.Module):
 
     The network's last layer emits the mean and the log-variance;
     ``scale = exp(log_variance / 2)``.
+
+    Example:
+
+    >>> import torch
+    >>> from pyro_vae import Encoder
+    >>> loc, scale = Encoder(x_dim=4, hidden=[8], z_dim=2)(torch.zeros(3, 4))
+    >>> loc.shape, bool((scale > 0).all())
+    (torch.Size([3, 2]), True)
     """
 
     def __init__(self, x_dim: int, hidden: Sequence[int], z_dim: int, activation: str = "relu"):

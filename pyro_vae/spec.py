@@ -85,6 +85,13 @@ def build_model(factory: str | Callable, **arguments):
     ``factory`` is a name (``"pkg.module:function"``, ``"path/to/file.py:function"``) or the
     callable itself, whose name is then worked out from where it is defined: a module that
     Python can import by name, or else its file.
+
+    Example:
+
+    >>> from pyro_vae import build_model
+    >>> vae = build_model("pyro_vae.model:VAE", x_dim=4, z_dim=2, hidden=[8])
+    >>> print(vae.spec)
+    pyro_vae.model:VAE(x_dim=4, z_dim=2, hidden=[8])
     """
     if isinstance(factory, str):
         name, fn = factory, resolve(factory)

@@ -58,9 +58,7 @@ CHECKS = {
         >= n["elbo_value"] - 1,
         "BDMC brackets from both sides": lambda n: all(finite(v) and v > -1
                                                        for v in n["bdmc_gap"].values()),
-        "the gaps add up": lambda n: abs(n["gaps"]["approximation"] + n["gaps"]["amortization"]
-                                         - n["gaps"]["inference"]) < 1e-3
-        and n["gaps"]["amortization"] > -1,
+        "refining q per image does not lower its bound": lambda n: n["gaps"]["amortization"] > -1,
     },
     "labels": {
         "finite conditional bounds": lambda n: finite(n["cvae_elbo"], n["cvae_ll"], n["base_elbo"])
@@ -87,17 +85,26 @@ def test_there_are_the_five_tutorials_the_docs_list():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=NAMES)
 def test_a_tutorial_runs_at_its_quick_size(script, tmp_path, monkeypatch, mnist_binary):
+    """In a temporary folder: what it writes goes to runs/tutorials/<name>/ there, and
+    nothing of the checkout's (its results/ and runs/ folders) changes."""
     monkeypatch.setenv("PYRO_VAE_QUICK", "1")
     monkeypatch.chdir(tmp_path)
+    before = _snapshot()
     try:
         names = runpy.run_path(str(script), run_name="__main__")
     finally:
         plt.close("all")
     assert names["QUICK"] is True
-    for what, holds in CHECKS.get(script.stem, {}).items():
+    for what, holds in CHECKS[script.stem].items():
         assert holds(names), f"{script.name}: {what}"
-    written = list((tmp_path / "runs" / "tutorials").rglob("*"))
-    assert written and all(str(p).startswith(str(tmp_path)) for p in written)
+    assert any((tmp_path / "runs" / "tutorials" / script.stem).rglob("*.png"))
+    assert _snapshot() == before
+
+
+def _snapshot() -> dict:
+    root = TUTORIALS.parents[1]
+    return {str(p): p.stat().st_mtime_ns for folder in ("results", "runs")
+            for p in (root / folder).rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=NAMES)

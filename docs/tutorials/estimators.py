@@ -107,9 +107,10 @@ SNR_BATCH = 20 if QUICK else 100  # training images in the SNR's batch
 # 2017).
 #
 # Cost: `iwae` and `iwae-dreg` run the decoder on $k$ particles per example, so a step
-# costs about $k$ times a `meanfield` step. We compare them here at an equal number of
-# epochs (the same data, the same steps), not at equal time; the seconds per epoch are
-# printed with the results.
+# costs more than a `meanfield` step, and more as $k$ grows (less than $k$ times: the
+# encoder runs once, and $k$ particles fill the cores better than one). We compare them
+# here at an equal number of epochs (the same data, the same steps), not at equal time;
+# the seconds per epoch are printed with the results.
 
 # %%
 import json
@@ -247,9 +248,10 @@ for a, b in PAIRS:
 # %% [markdown]
 # Two things to look for. `trace` and `meanfield` optimize the same bound, so any
 # difference between them is what the closed-form KL's lower gradient noise bought in
-# this many steps. `iwae` trains with a tighter bound: its ELBO column can be *lower* than
-# `meanfield`'s while its IS-K is higher, because $\mathcal{L}_k$ no longer asks $q$ to
-# match the posterior closely, only to propose well (Burda et al., 2016). The package's
+# this many steps. `iwae` trains with a tighter bound, and its ELBO column is not what it
+# optimizes: $\mathcal{L}_k$ no longer asks $q$ to match the posterior closely, only to
+# propose well (Burda et al., 2016), so its gain shows more in the IS-K column than in
+# the ELBO column, which can even fall below `meanfield`'s on other settings. The package's
 # own study of these estimators, at five epochs of all 60,000 images and IS-5000, is in
 # `results/estimators/README.md` (written by `experiments/compare_estimators.py`).
 

@@ -240,8 +240,10 @@ plt.show()
 # %% [markdown]
 # ## Where next
 #
-# - The run directory `runs/tutorials/first_vae/run` opens from the command line:
-#   `pyro-vae evaluate runs/tutorials/first_vae/run --is-samples 5000` and
-#   `pyro-vae plot runs/tutorials/first_vae/run` compute the same numbers and figures.
+# - The run directory `runs/tutorials/first_vae/run` (under the folder this notebook ran
+#   in) opens from the command line: `pyro-vae evaluate runs/tutorials/first_vae/run
+#   --is-samples 1000 --examples 1000` computes the same estimates on the same images, and
+#   `pyro-vae plot runs/tutorials/first_vae/run` draws the same figures into the run's own
+#   `figures/` folder.
 # - A larger latent space (`z_dim=50`) gets far better bounds; the next tutorial writes a
 #   model and guide of your own.
