@@ -507,8 +507,8 @@ def main() -> None:
     data = load_dataset("mnist-binary")
     if args.quick:
         data = data.subset(train=400, test=100)
-        args.epochs, args.is_samples, args.is_examples = 2, 20, 100
-        args.curve_samples, args.curve_examples, args.snr_draws = 10, 50, 5
+        args.epochs, args.is_samples, args.is_examples = 2, 20, 50
+        args.curve_samples, args.curve_examples, args.snr_draws = 10, 25, 3
         args.seeds = args.seeds[:2] if args.seeds != SEEDS else [0, 1]
     args.train_examples = data.x_train.shape[0]
     args.is_examples = min(args.is_examples, data.x_test.shape[0])
