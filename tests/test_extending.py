@@ -53,18 +53,18 @@ def test_script_quick(name, tmp_path, capsys):
     # The edited model's run opens with pyro-vae evaluate and plot, given the edit's own
     # factory with --model (and the command says what to pass when it is missing), and the
     # rebuilt model is the trained one: the same IS-20 number as the script measured on it
-    # (--quick: 200 test images, IS-20, seed 0).
+    # (--quick: 100 test images, IS-20, seed 0).
     figure, n_rows, run_name, edited_row = SCRIPTS[name]
     run = out / "runs" / run_name
     factory = json.loads((run / "model.json").read_text())["factory"]
     assert factory.startswith(f"experiments/extending/{name}.py:")
-    evaluate = ["evaluate", str(run), "--is-samples", "20", "--examples", "200"]
+    evaluate = ["evaluate", str(run), "--is-samples", "20", "--examples", "100"]
     assert main(evaluate) == 1
     assert f"pass --model {factory}" in capsys.readouterr().err
     assert main([*evaluate, "--model", factory]) == 0
     assert main(["plot", str(run), "--model", factory]) == 0
     printed = capsys.readouterr().out
-    assert "200 examples" in printed and "wrote" in printed and "latent_embedding.png" in printed
+    assert "100 examples" in printed and "wrote" in printed and "latent_embedding.png" in printed
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["log_likelihood"] == pytest.approx(float(rows[edited_row]["log_likelihood"]),
                                                          abs=1e-3)

@@ -35,7 +35,8 @@ def arguments(doc: str, name: str) -> argparse.Namespace:
     parser.add_argument("--is-samples", type=int, default=1000)
     parser.add_argument("--is-examples", type=int, default=2000,
                         help="test images for the IS log-likelihood")
-    parser.add_argument("--quick", action="store_true", help="1,000 images, 2 epochs (tests)")
+    parser.add_argument("--quick", action="store_true",
+                        help="500 training and 100 test images, 2 epochs (tests)")
     parser.add_argument("--out", type=Path, help=f"default: results/extending/{name}/, or "
                         f"runs/quick/extending/{name}/ with --quick")
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +46,7 @@ def arguments(doc: str, name: str) -> argparse.Namespace:
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.quick:
-        args.epochs, args.is_samples, args.is_examples = 2, 20, 200  # all quick test images
+        args.epochs, args.is_samples, args.is_examples = 2, 20, 100  # all quick test images
     args.script = name
     return args
 
@@ -55,7 +56,7 @@ def load(args, dataset: str = "mnist-binary"):
     logging.getLogger("pyro").setLevel(logging.WARNING)
     data = load_dataset(dataset)
     args.out.mkdir(parents=True, exist_ok=True)
-    return data.subset(train=1000, test=200) if args.quick else data
+    return data.subset(train=500, test=100) if args.quick else data
 
 
 def config(args, **changes) -> Config:
