@@ -228,9 +228,15 @@ def _two_launches(data, run, timeout=120):
 
 @pytest.fixture(scope="module")
 def estimators(tmp_path_factory):
-    """One launch of tests/ddp_estimators.py: every estimator's first step, and its runs."""
-    folder = tmp_path_factory.mktemp("estimators")
-    r = _torchrun(str(ROOT / "tests" / "ddp_estimators.py"), str(folder))
+    """One launch of tests/ddp_estimators.py: every estimator's first step, and its runs.
+    Once in about seven runs of the whole suite a process of it was aborted in C++
+    ("terminate called without an active exception", SIGABRT; not yet understood): then it
+    is launched once more, into a new folder."""
+    for _ in range(2):
+        folder = tmp_path_factory.mktemp("estimators")
+        r = _torchrun(str(ROOT / "tests" / "ddp_estimators.py"), str(folder))
+        if "terminate called without an active exception" not in r.stderr:
+            break
     assert r.returncode == 0, r.stderr[-3000:]
     return folder
 
